@@ -1,0 +1,39 @@
+#!/usr/bin/env bash
+# Installs what the test suite talks to: real peers nobody here wrote (dig/kdig, dnsmasq,
+# unbound, docker-registry, nginx, Chromium, the real Ollama client) and the packaging linters.
+# Idempotent: installs only what is missing. Needs root (or sudo) for apt.
+set -euo pipefail
+here=$(cd "$(dirname "$0")/.." && pwd)
+sudo=""; [ "$(id -u)" -eq 0 ] || sudo="sudo"
+
+# One line per program the suite runs -> the Debian package that provides it.
+want=(
+  "dig bind9-dnsutils" "kdig knot-dnsutils" "dnsmasq dnsmasq-base" "unbound unbound"
+  "docker-registry docker-registry" "nginx nginx-light" "dnsperf dnsperf"
+  "lintian lintian" "rpmlint rpmlint" "rpm rpm" "ip iproute2" "setpriv util-linux"
+  "systemd-socket-activate systemd" "systemd-analyze systemd" "curl curl"
+  "chromium chromium" "debootstrap debootstrap" "sha256sum coreutils"
+)
+missing=()
+for pair in "${want[@]}"; do
+  set -- $pair
+  command -v "$1" >/dev/null 2>&1 || missing+=("$2")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "test-deps: installing ${missing[*]}" >&2
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+# The distro's units must not grab ports or run as services on a test machine.
+for svc in unbound dnsmasq nginx docker-registry; do
+  $sudo systemctl disable --now "$svc" >/dev/null 2>&1 || true
+  pkill -x "$svc" 2>/dev/null || true
+done
+
+# The real Ollama client (0.5.4) for end-to-end tests.
+get_ollama="$here/../shared/tools/get-ollama.sh"
+if [ -x "$get_ollama" ] || [ -f "$get_ollama" ]; then
+  bash "$get_ollama" >/dev/null
+else
+  echo "test-deps: $get_ollama not found; end-to-end tests with the real Ollama client will fail" >&2
+fi

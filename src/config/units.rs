@@ -1,0 +1,143 @@
+//! Human-friendly value types for the configuration file: durations like `10m` or `30d` and sizes
+//! like `500GiB`. They validate while deserialising, so a bad value is reported by the TOML parser
+//! with the key's line and column, like every other error in the file.
+
+use serde::{de, Deserialize, Deserializer, Serialize, Serializer};
+use std::fmt;
+use std::time::Duration;
+
+/// A duration written the way people write them: `90s`, `10m`, `12h`, `30d`, `1h 30m`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Default)]
+pub struct HumanDuration(pub Duration);
+
+impl HumanDuration {
+    pub const fn secs(s: u64) -> Self {
+        HumanDuration(Duration::from_secs(s))
+    }
+}
+
+impl std::str::FromStr for HumanDuration {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        humantime::parse_duration(s.trim())
+            .map(HumanDuration)
+            .map_err(|e| {
+                format!("invalid duration {s:?} ({e}); write e.g. \"90s\", \"10m\", \"30d\"")
+            })
+    }
+}
+
+impl fmt::Display for HumanDuration {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", humantime::format_duration(self.0))
+    }
+}
+
+impl<'de> Deserialize<'de> for HumanDuration {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        s.parse().map_err(de::Error::custom)
+    }
+}
+
+impl Serialize for HumanDuration {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+/// A byte size: `500GiB`, `10 GB`, `64MiB`, or a plain number of bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Default)]
+pub struct ByteSize(pub u64);
+
+impl ByteSize {
+    pub const fn gib(n: u64) -> Self {
+        ByteSize(n << 30)
+    }
+    pub const fn mib(n: u64) -> Self {
+        ByteSize(n << 20)
+    }
+}
+
+impl std::str::FromStr for ByteSize {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        s.trim()
+            .parse::<bytesize::ByteSize>()
+            .map(|b| ByteSize(b.as_u64()))
+            .map_err(|e| {
+                format!("invalid size {s:?} ({e}); write e.g. \"500GiB\", \"10GB\", \"64MiB\"")
+            })
+    }
+}
+
+impl fmt::Display for ByteSize {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", bytesize::ByteSize(self.0).display().iec())
+    }
+}
+
+impl<'de> Deserialize<'de> for ByteSize {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl de::Visitor<'_> for V {
+            type Value = ByteSize;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a size such as \"500GiB\" or a number of bytes")
+            }
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<ByteSize, E> {
+                Ok(ByteSize(v))
+            }
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<ByteSize, E> {
+                u64::try_from(v)
+                    .map(ByteSize)
+                    .map_err(|_| E::custom(format!("a size cannot be negative ({v})")))
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<ByteSize, E> {
+                v.parse().map_err(E::custom)
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+impl Serialize for ByteSize {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(
+            "10m".parse::<HumanDuration>().unwrap(),
+            HumanDuration::secs(600)
+        );
+        assert_eq!(
+            "30d".parse::<HumanDuration>().unwrap(),
+            HumanDuration::secs(30 * 86400)
+        );
+        assert_eq!(
+            "1h 30m".parse::<HumanDuration>().unwrap(),
+            HumanDuration::secs(5400)
+        );
+        assert!("ten minutes".parse::<HumanDuration>().is_err());
+        assert!("-5m".parse::<HumanDuration>().is_err());
+    }
+
+    #[test]
+    fn sizes() {
+        assert_eq!("500GiB".parse::<ByteSize>().unwrap(), ByteSize::gib(500));
+        assert_eq!("64 MiB".parse::<ByteSize>().unwrap(), ByteSize::mib(64));
+        assert_eq!(
+            "10GB".parse::<ByteSize>().unwrap(),
+            ByteSize(10_000_000_000)
+        );
+        assert!("lots".parse::<ByteSize>().is_err());
+        assert_eq!(ByteSize::gib(500).to_string(), "500.0 GiB");
+    }
+}

@@ -1,0 +1,126 @@
+//! The HTTP front: accepts connections on the `http` listeners and serves them with hyper
+//! (HTTP/1.1 and h2c), handing every request to the shared [`router`]. The HTTPS subsystem feeds
+//! its decrypted streams into the same [`serve_connection`], so both speak the same routes.
+//!
+//! Shutdown is graceful: on cancel the accept loops stop, open connections finish the request
+//! they are on (hyper's graceful shutdown), and the daemon's drain deadline bounds the wait.
+
+pub mod body;
+pub mod router;
+
+use anyhow::Result;
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::GracefulShutdown;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::state::{Counters, State};
+
+/// A slow client gets this long to send its request headers (slowloris defence).
+pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Who is on the other end of a connection, and how it reached us.
+#[derive(Debug, Clone, Copy)]
+pub struct Peer {
+    pub addr: SocketAddr,
+    /// Which local address the connection arrived on (to answer in the client's own network).
+    pub local: SocketAddr,
+    pub tls: bool,
+}
+
+pub async fn run(
+    listeners: Vec<std::net::TcpListener>,
+    state: Arc<State>,
+    cancel: CancellationToken,
+) -> Result<()> {
+    let graceful = Arc::new(GracefulShutdown::new());
+    let mut accept_loops = tokio::task::JoinSet::new();
+    for l in listeners {
+        l.set_nonblocking(true)?;
+        let listener = TcpListener::from_std(l)?;
+        accept_loops.spawn(accept_loop(
+            listener,
+            state.clone(),
+            cancel.clone(),
+            graceful.clone(),
+        ));
+    }
+    while let Some(res) = accept_loops.join_next().await {
+        res??;
+    }
+    // Every accept loop has stopped (cancelled); wait for in-flight requests to finish. The
+    // daemon bounds this with its drain deadline.
+    if let Ok(g) = Arc::try_unwrap(graceful) {
+        g.shutdown().await;
+    }
+    Ok(())
+}
+
+async fn accept_loop(
+    listener: TcpListener,
+    state: Arc<State>,
+    cancel: CancellationToken,
+    graceful: Arc<GracefulShutdown>,
+) -> Result<()> {
+    let local = listener.local_addr()?;
+    loop {
+        let (stream, addr) = tokio::select! {
+            // Shutdown: stop accepting; in-flight connections are drained by the caller.
+            _ = cancel.cancelled() => return Ok(()),
+            // A new client.
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    // EMFILE and friends are transient: back off instead of spinning or dying.
+                    tracing::warn!("http accept on {local}: {e}");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let _ = stream.set_nodelay(true);
+        let peer = Peer {
+            addr,
+            local,
+            tls: false,
+        };
+        serve_connection(stream, peer, state.clone(), &graceful);
+    }
+}
+
+/// Serves one connection (plain or already-decrypted TLS) on the shared router.
+pub fn serve_connection<IO>(io: IO, peer: Peer, state: Arc<State>, graceful: &GracefulShutdown)
+where
+    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    Counters::bump(&state.counters.http_connections);
+    let service = hyper::service::service_fn(move |req: hyper::Request<Incoming>| {
+        let state = state.clone();
+        async move { Ok::<_, std::convert::Infallible>(router::route(req, peer, state).await) }
+    });
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(HEADER_READ_TIMEOUT)
+        .max_buf_size(64 * 1024);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(256);
+    let conn = builder
+        .serve_connection_with_upgrades(TokioIo::new(io), service)
+        .into_owned();
+    let conn = graceful.watch(conn);
+    tokio::spawn(async move {
+        if let Err(e) = conn.await {
+            tracing::debug!(peer = %peer.addr, "connection ended: {e}");
+        }
+    });
+}

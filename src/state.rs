@@ -1,0 +1,164 @@
+//! The state every subsystem shares: the configuration in force (swapped atomically on reload),
+//! subsystem health for the watchdog and `lancachectl status`, and the counters behind
+//! `lancachectl stats`.
+//!
+//! Subsystems read `state.config()` per request or per query rather than copying values at
+//! start, which is what lets a reload take effect without touching a single socket.
+
+use arc_swap::ArcSwap;
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+use tokio::sync::watch;
+
+use crate::config::{Config, ConfigSource};
+
+pub struct State {
+    config: ArcSwap<Config>,
+    /// Subsystems that keep derived state (DNS's name table, TLS leaf certificates) watch this.
+    config_tx: watch::Sender<Arc<Config>>,
+    pub source: ConfigSource,
+    /// Sockets came from systemd: listen addresses in the file do not apply.
+    pub activated: bool,
+    pub started: Instant,
+    pub health: Health,
+    pub counters: Counters,
+}
+
+impl State {
+    pub fn new(config: Config, source: ConfigSource, activated: bool) -> Arc<State> {
+        let config = Arc::new(config);
+        let (config_tx, _) = watch::channel(config.clone());
+        Arc::new(State {
+            config: ArcSwap::new(config),
+            config_tx,
+            source,
+            activated,
+            started: Instant::now(),
+            health: Health::default(),
+            counters: Counters::default(),
+        })
+    }
+
+    /// The configuration in force now.
+    pub fn config(&self) -> Arc<Config> {
+        self.config.load_full()
+    }
+
+    /// Puts a new (already validated) configuration in force and tells the watchers.
+    pub fn set_config(&self, config: Config) {
+        let config = Arc::new(config);
+        self.config.store(config.clone());
+        self.config_tx.send_replace(config);
+    }
+
+    pub fn listeners_activated(&self) -> bool {
+        self.activated
+    }
+
+    /// One line for systemd's `STATUS=` (shown by `systemctl status`).
+    pub fn status_line(&self) -> String {
+        let health = self.health.snapshot();
+        let failing: Vec<&str> = health
+            .iter()
+            .filter(|(_, h)| !h.healthy)
+            .map(|(n, _)| *n)
+            .collect();
+        let names: Vec<&str> = health.iter().map(|(n, _)| *n).collect();
+        if failing.is_empty() {
+            format!("serving: {}", names.join(", "))
+        } else {
+            format!("degraded: {} failing", failing.join(", "))
+        }
+    }
+
+    /// A receiver that wakes when the configuration changes.
+    pub fn watch_config(&self) -> watch::Receiver<Arc<Config>> {
+        self.config_tx.subscribe()
+    }
+}
+
+/// Health of each subsystem, by name. The watchdog pings only while every entry is healthy.
+#[derive(Default)]
+pub struct Health {
+    inner: Mutex<BTreeMap<&'static str, SubsystemHealth>>,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct SubsystemHealth {
+    pub healthy: bool,
+    pub restarts: u32,
+    pub listeners: Vec<String>,
+    pub last_error: Option<String>,
+}
+
+impl Health {
+    pub fn register(&self, name: &'static str, listeners: Vec<String>) {
+        self.inner.lock().unwrap().insert(
+            name,
+            SubsystemHealth {
+                listeners,
+                ..Default::default()
+            },
+        );
+    }
+
+    pub fn set_healthy(&self, name: &'static str, healthy: bool) {
+        if let Some(h) = self.inner.lock().unwrap().get_mut(name) {
+            h.healthy = healthy;
+        }
+    }
+
+    pub fn record_failure(&self, name: &'static str, error: String) {
+        if let Some(h) = self.inner.lock().unwrap().get_mut(name) {
+            h.healthy = false;
+            h.restarts += 1;
+            h.last_error = Some(error);
+        }
+    }
+
+    pub fn all_healthy(&self) -> bool {
+        self.inner.lock().unwrap().values().all(|h| h.healthy)
+    }
+
+    pub fn snapshot(&self) -> Vec<(&'static str, SubsystemHealth)> {
+        self.inner
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|(k, v)| (*k, v.clone()))
+            .collect()
+    }
+}
+
+/// Counters of the daemon's own layers (control socket, HTTP front). Subsystems with richer
+/// statistics keep them in their own state and add a section to `Stats`.
+#[derive(Default)]
+pub struct Counters {
+    pub control_requests: AtomicU64,
+    pub control_refused: AtomicU64,
+    pub control_bad_frames: AtomicU64,
+    pub http_connections: AtomicU64,
+    pub http_requests: AtomicU64,
+    pub http_2xx: AtomicU64,
+    pub http_3xx: AtomicU64,
+    pub http_4xx: AtomicU64,
+    pub http_5xx: AtomicU64,
+}
+
+impl Counters {
+    pub fn bump(counter: &AtomicU64) {
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn count_status(&self, status: u16) {
+        let c = match status {
+            200..=299 => &self.http_2xx,
+            300..=399 => &self.http_3xx,
+            400..=499 => &self.http_4xx,
+            _ => &self.http_5xx,
+        };
+        Counters::bump(c);
+    }
+}

@@ -1,0 +1,16 @@
+//! HTTPS front.
+
+use anyhow::Result;
+use std::sync::Arc;
+use tokio_util::sync::CancellationToken;
+
+use crate::state::State;
+
+pub async fn run(
+    _listeners: Vec<std::net::TcpListener>,
+    _state: Arc<State>,
+    cancel: CancellationToken,
+) -> Result<()> {
+    cancel.cancelled().await;
+    Ok(())
+}

@@ -1,0 +1,51 @@
+//! Test harness shared by every feature module.
+
+#![allow(dead_code)]
+
+pub mod daemon;
+
+pub use daemon::Daemon;
+
+use std::path::PathBuf;
+
+/// The directory holding the binaries under test (`target/debug` or the nextest equivalent).
+pub fn bin_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_lancached"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
+}
+
+pub fn lancached_bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_lancached"))
+}
+
+/// `lancachectl` is another workspace member's binary, built beside ours.
+pub fn lancachectl_bin() -> PathBuf {
+    let p = bin_dir().join("lancachectl");
+    assert!(
+        p.exists(),
+        "{} is missing: build the whole workspace (cargo build --workspace)",
+        p.display()
+    );
+    p
+}
+
+/// Whether an external program is installed; tests that need one skip loudly without it only
+/// when `LANCACHE_ALLOW_SKIP=1` (CI installs everything and never sets it).
+pub fn require_program(name: &str) -> bool {
+    let found = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(format!("command -v {name}"))
+        .output()
+        .map(|o| o.status.success())
+        .unwrap_or(false);
+    if !found {
+        if std::env::var("LANCACHE_ALLOW_SKIP").as_deref() == Ok("1") {
+            eprintln!("SKIP: {name} is not installed");
+            return false;
+        }
+        panic!("{name} is not installed: run scripts/test-deps.sh (or set LANCACHE_ALLOW_SKIP=1)");
+    }
+    true
+}
