@@ -112,6 +112,12 @@ async fn run_async(config: Config, source: ConfigSource, listeners: Listeners) -
         tracing::info!(subsystem = name, "listening on {l}");
     }
     let state = State::new(config, source, listeners.activated);
+    state.layout.create().map_err(|e| {
+        anyhow!(
+            "cache.dir: cannot create {}: {e}",
+            state.layout.root().display()
+        )
+    })?;
     let subs = subsystems(listeners);
     if subs.is_empty() {
         return Err(anyhow!(

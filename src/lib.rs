@@ -15,5 +15,6 @@ pub mod logging;
 pub mod notify;
 pub mod reload;
 pub mod state;
+pub mod store;
 pub mod supervisor;
 pub mod tls;

@@ -13,6 +13,7 @@ use std::time::Instant;
 use tokio::sync::watch;
 
 use crate::config::{Config, ConfigSource};
+use crate::store::{Layout, Pins};
 
 pub struct State {
     config: ArcSwap<Config>,
@@ -24,11 +25,16 @@ pub struct State {
     pub started: Instant,
     pub health: Health,
     pub counters: Counters,
+    /// The cache directory (fixed for the life of the process; `cache.dir` needs a restart).
+    pub layout: Layout,
+    /// Blobs in use, which prune and eviction must leave alone.
+    pub pins: Pins,
 }
 
 impl State {
     pub fn new(config: Config, source: ConfigSource, activated: bool) -> Arc<State> {
         let config = Arc::new(config);
+        let layout = Layout::new(&config.cache.dir);
         let (config_tx, _) = watch::channel(config.clone());
         Arc::new(State {
             config: ArcSwap::new(config),
@@ -38,6 +44,8 @@ impl State {
             started: Instant::now(),
             health: Health::default(),
             counters: Counters::default(),
+            layout,
+            pins: Pins::default(),
         })
     }
 

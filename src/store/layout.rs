@@ -1,0 +1,133 @@
+//! The cache directory IS an Ollama models directory: `manifests/<host>/<ns>/<model>/<tag>` and
+//! `blobs/sha256-<hex>`, so a local `ollama` can use it as `OLLAMA_MODELS` and an existing models
+//! directory can be served as it is. The daemon's own files (fills in progress, the index) live
+//! in `.lancached/`, out of reach of Ollama's start-up clean-up of `blobs/`, and on the same
+//! filesystem so that publishing a verified blob is one atomic rename.
+//!
+//! Paths are only ever built from validated [`ModelRef`]s and [`Digest`]s.
+
+use std::path::{Path, PathBuf};
+
+use super::names::{Digest, ModelRef};
+
+#[derive(Debug, Clone)]
+pub struct Layout {
+    root: PathBuf,
+}
+
+impl Layout {
+    pub fn new(root: impl Into<PathBuf>) -> Layout {
+        Layout { root: root.into() }
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    pub fn blobs_dir(&self) -> PathBuf {
+        self.root.join("blobs")
+    }
+
+    pub fn manifests_dir(&self) -> PathBuf {
+        self.root.join("manifests")
+    }
+
+    /// The daemon's private area.
+    pub fn state_dir(&self) -> PathBuf {
+        self.root.join(".lancached")
+    }
+
+    /// Fills in progress: sparse data files and their slice maps.
+    pub fn partial_dir(&self) -> PathBuf {
+        self.state_dir().join("partial")
+    }
+
+    pub fn blob_path(&self, digest: &Digest) -> PathBuf {
+        self.blobs_dir().join(digest.file_name())
+    }
+
+    pub fn manifest_path(&self, m: &ModelRef) -> PathBuf {
+        self.manifests_dir()
+            .join(&m.host)
+            .join(&m.namespace)
+            .join(&m.model)
+            .join(&m.tag)
+    }
+
+    /// Creates the directories the daemon writes into.
+    pub fn create(&self) -> std::io::Result<()> {
+        for d in [self.blobs_dir(), self.manifests_dir(), self.partial_dir()] {
+            std::fs::create_dir_all(d)?;
+        }
+        Ok(())
+    }
+
+    /// Every manifest in the directory, as (model, path). Walks exactly four levels like Ollama
+    /// and skips anything whose components are not valid names (so a planted `..` or symlink
+    /// name never turns into a model).
+    pub fn list_manifests(&self) -> Vec<(ModelRef, PathBuf)> {
+        let mut out = Vec::new();
+        let dirs = |p: &Path| -> Vec<(String, PathBuf)> {
+            std::fs::read_dir(p)
+                .into_iter()
+                .flatten()
+                .flatten()
+                .filter_map(|e| Some((e.file_name().into_string().ok()?, e.path())))
+                .collect()
+        };
+        for (host, hp) in dirs(&self.manifests_dir()) {
+            for (ns, np) in dirs(&hp) {
+                for (model, mp) in dirs(&np) {
+                    for (tag, tp) in dirs(&mp) {
+                        // Not following symlinks: a link planted in the cache must not make us
+                        // read (or serve) a file outside it.
+                        let Ok(meta) = std::fs::symlink_metadata(&tp) else {
+                            continue;
+                        };
+                        if !meta.is_file() {
+                            continue;
+                        }
+                        let r = ModelRef {
+                            host: host.clone(),
+                            namespace: ns.clone(),
+                            model: model.clone(),
+                            tag,
+                        };
+                        if ModelRef::parse(&r.to_string()).as_ref() == Ok(&r) {
+                            out.push((r, tp));
+                        }
+                    }
+                }
+            }
+        }
+        out.sort();
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn paths_and_listing() {
+        let tmp = tempfile::tempdir().unwrap();
+        let l = Layout::new(tmp.path());
+        l.create().unwrap();
+        let m = ModelRef::parse("qwen2.5:1.5b").unwrap();
+        let p = l.manifest_path(&m);
+        assert!(p.ends_with("manifests/registry.ollama.ai/library/qwen2.5/1.5b"));
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(&p, b"{}").unwrap();
+        let bad = l
+            .manifests_dir()
+            .join("registry.ollama.ai/library/Bad/latest");
+        std::fs::create_dir_all(bad.parent().unwrap()).unwrap();
+        std::fs::write(&bad, b"{}").unwrap();
+        let link = l
+            .manifests_dir()
+            .join("registry.ollama.ai/library/qwen2.5/evil");
+        std::os::unix::fs::symlink("/etc/passwd", &link).unwrap();
+        assert_eq!(l.list_manifests(), vec![(m, p)]);
+    }
+}

@@ -1,0 +1,14 @@
+//! The store: the cache directory (an Ollama models directory) and what the daemon knows about
+//! it. Names and digests are validated in [`names`] before they become paths in [`layout`];
+//! [`manifest`] reads the blob references out of manifest bytes; [`pins`] protects blobs in use
+//! from deletion.
+
+pub mod layout;
+pub mod manifest;
+pub mod names;
+pub mod pins;
+
+pub use layout::Layout;
+pub use manifest::Manifest;
+pub use names::{Digest, ModelRef};
+pub use pins::Pins;
