@@ -40,6 +40,8 @@ pub struct DaemonBuilder {
     watchdog_usec: Option<u64>,
     dir: Option<tempfile::TempDir>,
     uid: Option<u32>,
+    http_addr: Option<SocketAddr>,
+    https_addr: Option<SocketAddr>,
 }
 
 pub struct Daemon {
@@ -71,6 +73,8 @@ impl DaemonBuilder {
             watchdog_usec: None,
             dir: None,
             uid: None,
+            http_addr: None,
+            https_addr: None,
         }
     }
 
@@ -107,6 +111,19 @@ impl DaemonBuilder {
     /// Runs the daemon as another user (tests of the control socket's authorisation).
     pub fn uid(mut self, uid: u32) -> Self {
         self.uid = Some(uid);
+        self
+    }
+
+    /// Binds the activated HTTP socket at this address (e.g. `0.0.0.0:80` inside a test
+    /// namespace, where `ollama pull --insecure` expects the registry) instead of 127.0.0.1:0.
+    pub fn http_addr(mut self, addr: SocketAddr) -> Self {
+        self.http_addr = Some(addr);
+        self
+    }
+
+    /// Same for the activated HTTPS socket.
+    pub fn https_addr(mut self, addr: SocketAddr) -> Self {
+        self.https_addr = Some(addr);
         self
     }
 
@@ -148,12 +165,14 @@ impl DaemonBuilder {
             fds.push((tcp.into(), "dns"));
         }
         if a.http {
-            let l = TcpListener::bind("127.0.0.1:0").unwrap();
+            let l =
+                TcpListener::bind(self.http_addr.unwrap_or(([127, 0, 0, 1], 0).into())).unwrap();
             http = Some(l.local_addr().unwrap());
             fds.push((l.into(), "http"));
         }
         if a.https {
-            let l = TcpListener::bind("127.0.0.1:0").unwrap();
+            let l =
+                TcpListener::bind(self.https_addr.unwrap_or(([127, 0, 0, 1], 0).into())).unwrap();
             https = Some(l.local_addr().unwrap());
             fds.push((l.into(), "https"));
         }

@@ -3,6 +3,8 @@
 #![allow(dead_code)]
 
 pub mod daemon;
+pub mod netns;
+pub mod ollama;
 
 pub use daemon::Daemon;
 
@@ -48,4 +50,16 @@ pub fn require_program(name: &str) -> bool {
         panic!("{name} is not installed: run scripts/test-deps.sh (or set LANCACHE_ALLOW_SKIP=1)");
     }
     true
+}
+
+/// Whether the real Ollama client is installed (see `require_program` for the skip rule).
+pub fn require_ollama() -> bool {
+    if ollama::binary().is_some() {
+        return true;
+    }
+    if std::env::var("LANCACHE_ALLOW_SKIP").as_deref() == Ok("1") {
+        eprintln!("SKIP: the real Ollama client is not installed");
+        return false;
+    }
+    panic!("the real Ollama client is not installed: run scripts/test-deps.sh");
 }

@@ -1,0 +1,100 @@
+//! Test hosts of our own: a network namespace per test (`ip netns`), with its own loopback and
+//! its own `/etc/hosts` and `/etc/resolv.conf` (`/etc/netns/NAME/*`, which `ip netns exec`
+//! bind-mounts over `/etc`). Traffic in it never leaves it.
+//!
+//! `enter()` moves the calling thread into the namespace; threads and processes started from it
+//! afterwards are born there, which is how a test puts the daemon, its fake upstream and a real
+//! Ollama client on a private network (nextest runs every test in its own process).
+
+use std::path::PathBuf;
+use std::process::Command;
+use std::sync::atomic::{AtomicU32, Ordering};
+
+pub struct NetNs {
+    pub name: String,
+}
+
+static COUNTER: AtomicU32 = AtomicU32::new(0);
+
+fn ip(args: &[&str]) {
+    let out = Command::new("ip").args(args).output().expect("run ip");
+    assert!(
+        out.status.success(),
+        "ip {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+impl NetNs {
+    /// Creates a namespace with loopback up. `hosts` lines become its `/etc/hosts`.
+    pub fn new(hosts: &[(&str, &str)]) -> NetNs {
+        let name = format!(
+            "lct-{}-{}",
+            std::process::id(),
+            COUNTER.fetch_add(1, Ordering::Relaxed)
+        );
+        ip(&["netns", "add", &name]);
+        ip(&["-n", &name, "link", "set", "lo", "up"]);
+        let ns = NetNs { name };
+        let mut text = String::from("127.0.0.1 localhost\n::1 localhost\n");
+        for (addr, host) in hosts {
+            text.push_str(&format!("{addr} {host}\n"));
+        }
+        std::fs::create_dir_all(ns.etc_dir()).unwrap();
+        std::fs::write(ns.etc_dir().join("hosts"), text).unwrap();
+        ns
+    }
+
+    /// `/etc/netns/NAME`: files here replace `/etc/*` for commands run with [`NetNs::command`].
+    pub fn etc_dir(&self) -> PathBuf {
+        PathBuf::from("/etc/netns").join(&self.name)
+    }
+
+    /// Points the namespace's resolver at `server` (an address inside the namespace).
+    pub fn set_resolver(&self, server: &str) {
+        std::fs::write(
+            self.etc_dir().join("resolv.conf"),
+            format!("nameserver {server}\n"),
+        )
+        .unwrap();
+    }
+
+    /// Moves the calling thread into the namespace.
+    pub fn enter(&self) {
+        let f = std::fs::File::open(format!("/run/netns/{}", self.name)).expect("netns file");
+        nix::sched::setns(f, nix::sched::CloneFlags::CLONE_NEWNET).expect("setns");
+    }
+
+    /// A command run inside the namespace with its `/etc/hosts` and `/etc/resolv.conf`.
+    pub fn command(&self, program: impl AsRef<std::ffi::OsStr>) -> Command {
+        let mut c = Command::new("ip");
+        c.args(["netns", "exec", &self.name]).arg(program);
+        c
+    }
+}
+
+impl Drop for NetNs {
+    fn drop(&mut self) {
+        // Processes still inside would keep it alive: kill them first.
+        if let Ok(out) = Command::new("ip")
+            .args(["netns", "pids", &self.name])
+            .output()
+        {
+            for pid in String::from_utf8_lossy(&out.stdout).split_whitespace() {
+                if let Ok(pid) = pid.parse::<i32>() {
+                    unsafe { libc::kill(pid, libc::SIGKILL) };
+                }
+            }
+        }
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .status();
+        let _ = std::fs::remove_dir_all(self.etc_dir());
+    }
+}
+
+/// Whether this process may create namespaces (root with iproute2); tests that need it skip
+/// loudly otherwise, like any missing program.
+pub fn available() -> bool {
+    super::require_program("ip") && nix::unistd::Uid::effective().is_root()
+}
