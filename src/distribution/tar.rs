@@ -228,7 +228,7 @@ mod tests {
     #[test]
     fn pax_record_length_counts_itself() {
         let r = pax_record("path", "x");
-        assert_eq!(r, b"10 path=x\n");
+        assert_eq!(r, b"9 path=x\n");
         let long = "a".repeat(95);
         let r = pax_record("path", &long);
         let s = String::from_utf8(r.clone()).unwrap();
