@@ -3,6 +3,8 @@
 #![allow(dead_code)]
 
 pub mod daemon;
+pub mod models;
+pub mod ollama;
 
 pub use daemon::Daemon;
 
