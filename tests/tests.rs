@@ -9,3 +9,4 @@ mod config;
 mod control;
 mod distribution;
 mod lifecycle;
+mod sideload;
