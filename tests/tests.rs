@@ -10,3 +10,4 @@ mod control;
 mod distribution;
 mod lifecycle;
 mod sideload;
+mod webui;
