@@ -200,6 +200,22 @@ fn tar_has_blobs_first_then_manifest() {
         ));
         assert_eq!(names, want);
     }
+    // HEAD: the same length, no body, no download session.
+    let mut s = std::net::TcpStream::connect(d.http.unwrap()).unwrap();
+    write!(
+        s,
+        "HEAD /models/qwen2.5:1.5b HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut head = String::new();
+    s.read_to_string(&mut head).unwrap();
+    let (_, _, full) = raw_get(d.http.unwrap(), "/models/qwen2.5:1.5b", "");
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    assert!(
+        head.contains(&format!("content-length: {}\r\n", full.len())) && head.ends_with("\r\n\r\n"),
+        "{head}"
+    );
+    assert_eq!(get_json(&d, "/api/sessions"), serde_json::json!([]));
     // GNU tar extracts it into exactly an Ollama models directory.
     let out = tempfile::tempdir().unwrap();
     let url = d.http_url("/models/hf.co/bartowski/llama-3.2-1b-instruct-gguf:Q4_K_M");
