@@ -7,8 +7,9 @@
 #
 # Mirrors install.sh: every blob is sha256-checked, downloads resume, blobs are moved into
 # blobs\ only when verified, and the manifest is written last.
+[CmdletBinding(PositionalBinding = $false)]
 param(
-    [Parameter(ValueFromRemainingArguments = $true)][string[]]$Models,
+    [Parameter(Position = 0, ValueFromRemainingArguments = $true)][string[]]$Models,
     [switch]$List,
     [string]$Server = '',
     [string]$Dir = '',
@@ -23,7 +24,9 @@ if (-not $Server) { $Server = $env:LANCACHE_URL }
 if (-not $Server) { $Server = $DefaultServer }
 if (-not $Models -and $env:LANCACHE_MODELS) { $Models = $env:LANCACHE_MODELS -split '[ ,]+' }
 
-function Fail([string]$msg) { Write-Host "install.ps1: error: $msg" -ForegroundColor Red; exit 1 }
+# Errors throw rather than `exit`: under `& ([scriptblock]::Create(...))` an exit would close the
+# user's PowerShell window; a throw stops the script with a red message (and exit code 1 under -File).
+function Fail([string]$msg) { throw "install.ps1: error: $msg" }
 
 if ($Help -or (-not $List -and -not $Models)) {
     @"
@@ -34,7 +37,9 @@ Installs Ollama models from a lancache server into this machine's Ollama models 
 (default: `$env:OLLAMA_MODELS, else ~\.ollama\models). MODEL is any name form Ollama accepts:
 llama3, llama3:8b, user/model:tag, hf.co/user/repo:Q4_K_M.
 "@ | Write-Host
-    if ($Help) { exit 0 } else { exit 2 }
+    if ($Help) { return }
+    Fail 'no model named (see above)'
+
 }
 if ($Server -notmatch '^https?://') { Fail 'no cache server known: pass -Server http://CACHE' }
 $Server = $Server.TrimEnd('/')
@@ -55,14 +60,14 @@ function Get-Text([string]$url, [string]$outFile = '') {
 
 if ($List) {
     $text = Get-Text "$Server/api/models?format=text"
-    if (-not $text) { Write-Host "the cache at $Server has no models yet"; exit 0 }
+    if (-not $text) { Write-Host "the cache at $Server has no models yet"; return }
     '{0,-50} {1,-12} {2,10}  {3}' -f 'NAME', 'ID', 'SIZE', 'STATUS'
     foreach ($line in ($text -split "`n")) {
         if (-not $line) { continue }
         $f = $line -split "`t"
         '{0,-50} {1,-12} {2,7:N1} GB  {3}' -f $f[0], $f[2], ([double]$f[3] / 1e9), $f[4]
     }
-    exit 0
+    return
 }
 
 if (-not $Dir) { $Dir = $env:OLLAMA_MODELS }
@@ -137,4 +142,4 @@ foreach ($name in $Models) {
     Move-Item -Force -LiteralPath $mtmp -Destination (Join-Path $mdir $tag)
     Write-Host "installed $name into $Dir"
 }
-exit $status
+if ($status) { Fail 'some models could not be installed (see above)' }

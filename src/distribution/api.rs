@@ -4,6 +4,7 @@
 
 use http::{Request, Response, StatusCode};
 use serde_json::{json, Value};
+use std::sync::Arc;
 use std::time::UNIX_EPOCH;
 
 use super::catalog::Model;
@@ -54,8 +55,8 @@ fn model_json(m: &Model, base: &str) -> Value {
 
 /// `GET /api/models`: a JSON array (`[]` when the cache is empty); `?format=text` gives one
 /// tab-separated line per model (short name, full name, ID, size, complete) for shell scripts.
-pub fn models<B>(req: &Request<B>, peer: Peer, state: &State) -> Response<Body> {
-    let snap = state.distribution.catalog.snapshot(&state.layout);
+pub async fn models<B>(req: &Request<B>, peer: Peer, state: &Arc<State>) -> Response<Body> {
+    let snap = super::catalog::current(state).await;
     if req.uri().query() == Some("format=text") {
         let text: String = snap
             .models
@@ -98,9 +99,9 @@ fn disk(state: &State) -> (Option<u64>, Option<u64>) {
 }
 
 /// `GET /api/info`: version, uptime, cache usage and limits, counts, live fills, the public URL.
-pub fn info<B>(req: &Request<B>, peer: Peer, state: &State) -> Response<Body> {
+pub async fn info<B>(req: &Request<B>, peer: Peer, state: &Arc<State>) -> Response<Body> {
     let config = state.config();
-    let snap = state.distribution.catalog.snapshot(&state.layout);
+    let snap = super::catalog::current(state).await;
     let stats = crate::control::handler::stats(state);
     let (disk_total, disk_free) = disk(state);
     let complete = snap.models.iter().filter(|m| m.complete).count();

@@ -94,6 +94,15 @@ impl Catalog {
     }
 }
 
+/// [`Catalog::snapshot`] off the async workers: a rescan reads files, and a cache on a slow disk
+/// must not stall every connection served by the same worker thread.
+pub async fn current(state: &Arc<crate::state::State>) -> Arc<Snapshot> {
+    let st = state.clone();
+    tokio::task::spawn_blocking(move || st.distribution.catalog.snapshot(&st.layout))
+        .await
+        .unwrap_or_default()
+}
+
 fn mtime(p: &Path) -> Option<SystemTime> {
     std::fs::symlink_metadata(p).and_then(|m| m.modified()).ok()
 }

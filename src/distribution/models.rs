@@ -14,10 +14,10 @@ use crate::state::State;
 
 const DEFAULT_MANIFEST_TYPE: &str = "application/vnd.docker.distribution.manifest.v2+json";
 
-fn lookup(state: &State, rest: &str) -> Result<Model, Box<Response<Body>>> {
+async fn lookup(state: &Arc<State>, rest: &str) -> Result<Model, Box<Response<Body>>> {
     let name =
         model_from_path(rest).map_err(|e| Box::new(body::text(StatusCode::BAD_REQUEST, e)))?;
-    let snap = state.distribution.catalog.snapshot(&state.layout);
+    let snap = super::catalog::current(state).await;
     snap.find(&name).cloned().ok_or_else(|| {
         Box::new(body::text(
             StatusCode::NOT_FOUND,
@@ -35,9 +35,9 @@ fn set(resp: &mut Response<Body>, name: header::HeaderName, value: &str) {
     }
 }
 
-pub fn manifest<B>(req: &Request<B>, state: &State) -> Response<Body> {
+pub async fn manifest<B>(req: &Request<B>, state: &Arc<State>) -> Response<Body> {
     let rest = req.uri().path().trim_start_matches("/manifests/");
-    let model = match lookup(state, rest) {
+    let model = match lookup(state, rest).await {
         Ok(m) => m,
         Err(resp) => return *resp,
     };
@@ -58,18 +58,29 @@ pub fn manifest<B>(req: &Request<B>, state: &State) -> Response<Body> {
     resp
 }
 
-pub fn tar<B>(req: &Request<B>, peer: Peer, state: &Arc<State>) -> Response<Body> {
+pub async fn tar<B>(req: &Request<B>, peer: Peer, state: &Arc<State>) -> Response<Body> {
     let rest = req.uri().path().trim_start_matches("/models/");
-    let model = match lookup(state, rest) {
+    let model = match lookup(state, rest).await {
         Ok(m) => m,
         Err(resp) => return *resp,
     };
     if !model.complete {
         return incomplete(&model, &format!("{} blob(s) missing", model.missing.len()));
     }
-    let archive = match Archive::build(&state.layout, &state.pins, &model) {
-        Ok(a) => a,
-        Err(e) => return incomplete(&model, &e.0),
+    // Opening and checking every blob touches the disk: off the async workers.
+    let built = {
+        let (st, m) = (state.clone(), model.clone());
+        tokio::task::spawn_blocking(move || Archive::build(&st.layout, &st.pins, &m)).await
+    };
+    let archive = match built {
+        Ok(Ok(a)) => a,
+        Ok(Err(e)) => return incomplete(&model, &e.0),
+        Err(e) => {
+            return body::text(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!("building the archive failed: {e}"),
+            )
+        }
     };
     let len = archive.len;
     let file_name = format!("{}-{}.tar", model.name.model, model.name.tag);

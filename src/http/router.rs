@@ -28,14 +28,14 @@ async fn dispatch(req: Request<Incoming>, peer: Peer, state: &Arc<State>) -> Res
     match (req.method(), path) {
         (&Method::GET | &Method::HEAD, "/health") => health(state),
         (&Method::GET | &Method::HEAD, "/") => webui::page(),
-        (&Method::GET | &Method::HEAD, "/api/models") => api::models(&req, peer, state),
-        (&Method::GET | &Method::HEAD, "/api/info") => api::info(&req, peer, state),
+        (&Method::GET | &Method::HEAD, "/api/models") => api::models(&req, peer, state).await,
+        (&Method::GET | &Method::HEAD, "/api/info") => api::info(&req, peer, state).await,
         (&Method::GET | &Method::HEAD, "/api/sessions") => api::sessions(state),
         (&Method::GET | &Method::HEAD, p) if p.starts_with("/manifests/") => {
-            models::manifest(&req, state)
+            models::manifest(&req, state).await
         }
         (&Method::GET | &Method::HEAD, p) if p.starts_with("/models/") => {
-            models::tar(&req, peer, state)
+            models::tar(&req, peer, state).await
         }
         (&Method::GET | &Method::HEAD, "/install.sh") => {
             scripts::serve(&req, peer, state, scripts::Script::Sh)
