@@ -209,4 +209,6 @@ for name in $models; do
 	id=$(sha256 "$mdir/$tag")
 	say "installed $name (ID $(printf %.12s "$id")) into $dir"
 done
+# Leave no empty work area behind (one with a partial download stays, for the next run to resume).
+$sudo rmdir "$part" 2>/dev/null
 exit $status

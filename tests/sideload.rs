@@ -125,6 +125,8 @@ fn install_sh_sideloads_into_real_ollama() {
     let big = &want[0].blobs[1];
     std::fs::remove_file(TestModel::blob_path(&dir, &big.0)).unwrap();
     let part = dir.join(".lancache-partial");
+    assert!(!part.exists(), "an empty work area is removed");
+    std::fs::create_dir_all(&part).unwrap();
     let full = std::fs::read(TestModel::blob_path(&d.cache_dir, &big.0)).unwrap();
     std::fs::write(part.join(big.0.file_name()), &full[..100_000]).unwrap();
     let out = sh(

@@ -139,6 +139,7 @@ pub async fn info<B>(req: &Request<B>, peer: Peer, state: &Arc<State>) -> Respon
                 "complete_models": complete,
                 "incomplete_models": snap.models.len() - complete,
                 "blobs": snap.blob_count,
+                "unreadable_manifests": snap.skipped.len(),
                 "writable": writable.is_ok(),
             },
             "sessions": state.distribution.sessions.len(),
