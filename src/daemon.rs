@@ -107,6 +107,11 @@ fn subsystems(listeners: Listeners) -> Vec<Subsystem> {
 }
 
 async fn run_async(config: Config, source: ConfigSource, listeners: Listeners) -> Result<()> {
+    // Signal handlers come first: once a subsystem runs, a client can see us up, and a SIGTERM
+    // sent then must drain, not kill the process with the default disposition.
+    let mut sigterm = signal(SignalKind::terminate())?;
+    let mut sigint = signal(SignalKind::interrupt())?;
+    let mut sighup = signal(SignalKind::hangup())?;
     let described = listeners.describe();
     for (name, l) in &described {
         tracing::info!(subsystem = name, "listening on {l}");
@@ -139,9 +144,6 @@ async fn run_async(config: Config, source: ConfigSource, listeners: Listeners) -
         tasks.spawn(supervise(sub, first, state.clone(), cancel.clone()));
     }
 
-    let mut sigterm = signal(SignalKind::terminate())?;
-    let mut sigint = signal(SignalKind::interrupt())?;
-    let mut sighup = signal(SignalKind::hangup())?;
     let watchdog = notify::watchdog_interval();
     // Half the interval, as sd_watchdog_enabled(3) recommends; without a watchdog the timer
     // still ticks (harmlessly) so the select below stays uniform.

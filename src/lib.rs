@@ -8,6 +8,7 @@
 pub mod config;
 pub mod control;
 pub mod daemon;
+pub mod distribution;
 pub mod dns;
 pub mod http;
 pub mod listeners;

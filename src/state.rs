@@ -29,6 +29,8 @@ pub struct State {
     pub layout: Layout,
     /// Blobs in use, which prune and eviction must leave alone.
     pub pins: Pins,
+    /// The model catalog, client download sessions and the cache-writable probe.
+    pub distribution: crate::distribution::Distribution,
 }
 
 impl State {
@@ -46,6 +48,7 @@ impl State {
             counters: Counters::default(),
             layout,
             pins: Pins::default(),
+            distribution: crate::distribution::Distribution::default(),
         })
     }
 

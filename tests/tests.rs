@@ -7,5 +7,8 @@ mod util;
 mod activation;
 mod config;
 mod control;
+mod distribution;
 mod harness;
 mod lifecycle;
+mod sideload;
+mod webui;

@@ -22,10 +22,27 @@ pub async fn route(req: Request<Incoming>, peer: Peer, state: Arc<State>) -> Res
     resp
 }
 
-async fn dispatch(req: Request<Incoming>, _peer: Peer, state: &Arc<State>) -> Response<Body> {
+async fn dispatch(req: Request<Incoming>, peer: Peer, state: &Arc<State>) -> Response<Body> {
+    use crate::distribution::{api, models, scripts, webui};
     let path = req.uri().path();
     match (req.method(), path) {
         (&Method::GET | &Method::HEAD, "/health") => health(state),
+        (&Method::GET | &Method::HEAD, "/") => webui::page(),
+        (&Method::GET | &Method::HEAD, "/api/models") => api::models(&req, peer, state).await,
+        (&Method::GET | &Method::HEAD, "/api/info") => api::info(&req, peer, state).await,
+        (&Method::GET | &Method::HEAD, "/api/sessions") => api::sessions(state),
+        (&Method::GET | &Method::HEAD, p) if p.starts_with("/manifests/") => {
+            models::manifest(&req, state).await
+        }
+        (&Method::GET | &Method::HEAD, p) if p.starts_with("/models/") => {
+            models::tar(&req, peer, state).await
+        }
+        (&Method::GET | &Method::HEAD, "/install.sh") => {
+            scripts::serve(&req, peer, state, scripts::Script::Sh)
+        }
+        (&Method::GET | &Method::HEAD, "/install.ps1") => {
+            scripts::serve(&req, peer, state, scripts::Script::Ps1)
+        }
         (&Method::GET | &Method::HEAD, _) => {
             body::text(StatusCode::NOT_FOUND, format!("no such resource: {path}"))
         }
@@ -33,7 +50,8 @@ async fn dispatch(req: Request<Incoming>, _peer: Peer, state: &Arc<State>) -> Re
     }
 }
 
-/// For load balancers and monitors: 200 while every subsystem is healthy, else 503.
+/// For load balancers and monitors: 200 while every subsystem is healthy and the cache
+/// directory takes writes, else 503.
 fn health(state: &State) -> Response<Body> {
     let subsystems: serde_json::Map<String, serde_json::Value> = state
         .health
@@ -46,7 +64,8 @@ fn health(state: &State) -> Response<Body> {
             )
         })
         .collect();
-    let ok = state.health.all_healthy();
+    let writable = state.distribution.writable.check(&state.layout);
+    let ok = state.health.all_healthy() && writable.is_ok();
     let status = if ok {
         StatusCode::OK
     } else {
@@ -54,6 +73,10 @@ fn health(state: &State) -> Response<Body> {
     };
     body::json(
         status,
-        &json!({ "status": if ok { "ok" } else { "degraded" }, "subsystems": subsystems }),
+        &json!({
+            "status": if ok { "ok" } else { "degraded" },
+            "subsystems": subsystems,
+            "cache": match writable { Ok(()) => "writable".to_string(), Err(e) => e },
+        }),
     )
 }

@@ -121,7 +121,7 @@ mod tests {
         std::fs::write(&p, b"{}").unwrap();
         let bad = l
             .manifests_dir()
-            .join("registry.ollama.ai/library/Bad/latest");
+            .join("registry.ollama.ai/library/b@d/latest");
         std::fs::create_dir_all(bad.parent().unwrap()).unwrap();
         std::fs::write(&bad, b"{}").unwrap();
         let link = l

@@ -118,13 +118,15 @@ fn truncate(s: &str) -> String {
     }
 }
 
-/// One path component of a repository name: `[a-z0-9]+((\.|_|__|-+)[a-z0-9]+)*` (OCI distribution).
+/// One path component of a repository name: `[a-zA-Z0-9]+((\.|_|__|-+)[a-zA-Z0-9]+)*`. The OCI
+/// grammar is lower-case only, but Ollama keeps the case of names such as
+/// `hf.co/bartowski/Llama-3.2-1B-Instruct-GGUF`, and so must we to find them on disk.
 pub fn valid_path_component(c: &str) -> bool {
     if c.is_empty() || c.len() > 128 {
         return false;
     }
     let b = c.as_bytes();
-    let alnum = |x: u8| x.is_ascii_lowercase() || x.is_ascii_digit();
+    let alnum = |x: u8| x.is_ascii_alphanumeric();
     if !alnum(b[0]) || !alnum(b[b.len() - 1]) {
         return false;
     }
@@ -363,7 +365,6 @@ mod tests {
             "../etc/passwd",
             "library/..",
             "a/b/c/d",
-            "Llama3",
             "llama3:..",
             "llama3:",
             "x:/etc",
@@ -378,11 +379,19 @@ mod tests {
 
     #[test]
     fn path_components() {
-        for ok in ["llama3", "qwen2.5", "llama-3.2-1b", "a__b", "a--b", "x"] {
+        for ok in [
+            "llama3",
+            "qwen2.5",
+            "llama-3.2-1b",
+            "a__b",
+            "a--b",
+            "x",
+            "Llama-3.2-1B-Instruct-GGUF",
+        ] {
             assert!(valid_path_component(ok), "{ok}");
         }
         for bad in [
-            "", ".", "..", "a.", ".a", "a..b", "a___b", "A", "a/b", "a b", "-a",
+            "", ".", "..", "a.", ".a", "a..b", "a___b", "a/b", "a b", "-a", "a%2e",
         ] {
             assert!(!valid_path_component(bad), "{bad}");
         }

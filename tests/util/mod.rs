@@ -3,7 +3,9 @@
 #![allow(dead_code)]
 
 pub mod daemon;
+pub mod models;
 pub mod netns;
+pub mod nginx;
 pub mod ollama;
 
 pub use daemon::Daemon;

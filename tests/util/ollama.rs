@@ -25,7 +25,20 @@ pub struct Ollama {
     log: PathBuf,
 }
 
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
 impl Ollama {
+    /// `ollama serve` over `models` on a free loopback port in this network namespace.
+    pub fn serve_local(models: &Path) -> Ollama {
+        Ollama::serve(models, free_port(), None, &[])
+    }
+
     /// Starts `ollama serve` on `models`, listening on 127.0.0.1:`port` (inside `ns` if given),
     /// with extra environment (e.g. `SSL_CERT_FILE`). Waits until it answers.
     pub fn serve(models: &Path, port: u16, ns: Option<&NetNs>, env: &[(&str, &str)]) -> Ollama {
@@ -39,7 +52,7 @@ impl Ollama {
         cmd.arg("serve")
             .env("OLLAMA_HOST", &host)
             .env("OLLAMA_MODELS", models)
-            .env("HOME", models.parent().unwrap())
+            .env("HOME", models.parent().unwrap_or(Path::new("/tmp")))
             .envs(env.iter().copied())
             // The binary's libraries carry an empty RPATH entry: never run it from its own dir.
             .current_dir("/")
