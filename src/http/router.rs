@@ -22,10 +22,11 @@ pub async fn route(req: Request<Incoming>, peer: Peer, state: Arc<State>) -> Res
     resp
 }
 
-async fn dispatch(req: Request<Incoming>, _peer: Peer, state: &Arc<State>) -> Response<Body> {
+async fn dispatch(req: Request<Incoming>, peer: Peer, state: &Arc<State>) -> Response<Body> {
     let path = req.uri().path();
     match (req.method(), path) {
         (&Method::GET | &Method::HEAD, "/health") => health(state),
+        (&Method::GET | &Method::HEAD, "/metrics") => super::metrics::serve(peer, state),
         (&Method::GET | &Method::HEAD, _) => {
             body::text(StatusCode::NOT_FOUND, format!("no such resource: {path}"))
         }
