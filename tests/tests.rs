@@ -8,3 +8,5 @@ mod activation;
 mod config;
 mod control;
 mod lifecycle;
+mod lifecycle_cache;
+mod metrics;

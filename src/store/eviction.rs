@@ -163,19 +163,7 @@ fn enforce_limits_blocking(state: &State) {
         Ok(report) => {
             let after = refresh(state);
             count_eviction(state, &report);
-            if report.removed.is_empty() && report.partial_fills_removed == 0 {
-                if !lc.stuck.swap(true, Ordering::Relaxed) {
-                    tracing::warn!(
-                        usage = u.bytes,
-                        max_size = config.cache.max_size.0,
-                        free = u.free,
-                        min_free = config.cache.min_free.0,
-                        "the cache is over its limits and nothing can be evicted: the remaining models are in use{}",
-                        if config.cache.evict_local { "" } else { " or were found in the directory (set [cache] evict_local = true to allow evicting them)" }
-                    );
-                }
-            } else {
-                lc.stuck.store(false, Ordering::Relaxed);
+            if !report.removed.is_empty() || report.partial_fills_removed > 0 {
                 tracing::info!(
                     models = ?report.removed.iter().map(|m| m.name.as_str()).collect::<Vec<_>>(),
                     bytes_freed = report.bytes_freed,
@@ -183,6 +171,19 @@ fn enforce_limits_blocking(state: &State) {
                     usage_after = after.bytes,
                     free_after = after.free,
                     "evicted least recently used models"
+                );
+            }
+            let still_over = eviction_criteria(&config, &after, 0).is_some();
+            if !still_over {
+                lc.stuck.store(false, Ordering::Relaxed);
+            } else if !lc.stuck.swap(true, Ordering::Relaxed) {
+                tracing::warn!(
+                    usage = after.bytes,
+                    max_size = config.cache.max_size.0,
+                    free = after.free,
+                    min_free = config.cache.min_free.0,
+                    "the cache is over its limits and nothing more can be evicted: the remaining models are in use{}",
+                    if config.cache.evict_local { "" } else { " or were found in the directory (set [cache] evict_local = true to allow evicting them)" }
                 );
             }
         }

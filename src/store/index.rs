@@ -152,6 +152,14 @@ impl Index {
         self.add_blob(digest, 0, true);
     }
 
+    /// Merges a known entry for a model (restoring usage from elsewhere, building test caches):
+    /// the later access time wins, hits add up, fetched sticks.
+    pub fn record_manifest_entry(&self, model: &ModelRef, entry: Entry) {
+        let mut p = self.pending.lock().unwrap();
+        let slot = p.manifests.entry(model.to_string()).or_default();
+        *slot = slot.merge(entry);
+    }
+
     fn add_manifest(&self, model: &ModelRef, hits: u64, fetched: bool) {
         let e = Entry {
             last_access: now_secs(),

@@ -158,6 +158,8 @@ impl DaemonBuilder {
             fds.push((l.into(), "https"));
         }
         if a.control {
+            // A restart over the same directory finds the previous run's socket file.
+            let _ = std::fs::remove_file(&control);
             let l = UnixListener::bind(&control).unwrap();
             fds.push((l.into(), "control"));
         }
