@@ -10,3 +10,4 @@ mod control;
 mod lifecycle;
 mod lifecycle_cache;
 mod metrics;
+mod prefetch_cli;
