@@ -18,6 +18,7 @@ use std::process::ExitCode;
 #[command(
     name = "lancachectl",
     version,
+    max_term_width = 80,
     about = "Control and inspect a running lancached",
     after_help = "\
 Examples:
@@ -45,27 +46,35 @@ enum Command {
     /// Version, uptime, subsystems and their health, listeners.
     #[command(after_help = "Examples:\n  lancachectl status\n  lancachectl status --json")]
     Status,
-    /// What the cache has done since the daemon started: hit ratio, bytes saved vs fetched, per
-    /// registry, top models, active fills, evictions, DNS, HTTP and control counters.
+    /// What the cache has done since the daemon started.
+    ///
+    /// Hit ratio, bytes saved vs fetched, per registry, top models, active fills, evictions and
+    /// prunes, DNS, HTTP and control counters.
     #[command(
         after_help = "Examples:\n  lancachectl stats\n  lancachectl stats --json | jq .cache.usage_bytes\n\nThe --json schema is documented in docs/lifecycle.md."
     )]
     Stats,
-    /// Re-read the configuration file; a bad file is rejected (exit 1, with the error) and the
-    /// old one stays in force. Settings that need a restart are listed.
+    /// Re-read the configuration file.
+    ///
+    /// A bad file is rejected (exit 1, with the error) and the old one stays in force. Settings
+    /// that need a restart to take effect are listed.
     #[command(
         after_help = "Examples:\n  lancachectl reload\n  systemctl reload lancached      (the same, through systemd)"
     )]
     Reload,
-    /// Models in the cache: size, complete or partial, last used, fetched by the cache or found
-    /// in the directory (local).
+    /// Models in the cache.
+    ///
+    /// Size, complete or partial, last used, and whether the cache fetched the model or found it
+    /// in the directory (local: a user's own Ollama model, never evicted automatically).
     #[command(after_help = "Examples:\n  lancachectl models\n  lancachectl models --json")]
     Models,
-    /// Remove models not used lately, and the blobs only they reference. Blobs shared with a kept
-    /// model, blobs being served or filled, and models the cache did not fetch itself (unless
-    /// --include-local) are never removed. Also removes stale fills in progress.
+    /// Remove models not used lately, and the blobs only they reference.
+    ///
+    /// Blobs shared with a kept model, blobs being served or filled, and models the cache did not
+    /// fetch itself (unless --include-local) are never removed. Fills in progress untouched for
+    /// longer than --older-than (default 24h) are removed too.
     #[command(
-        after_help = "Examples:\n  lancachectl prune --older-than 30d\n  lancachectl prune --max-size 200GiB --dry-run\n  lancachectl prune --model llama3:8b\n  lancachectl prune --model hf.co/bartowski/llama-3.2-1b-instruct-gguf:Q4_K_M --include-local\n\nCriteria combine: --model names, plus models unused for --older-than, plus least\nrecently used models until the cache is under --max-size."
+        after_help = "Examples:\n  lancachectl prune --older-than 30d\n  lancachectl prune --max-size 200GiB --dry-run\n  lancachectl prune --model llama3:8b\n  lancachectl prune --model hf.co/bartowski/llama-3.2-1b-instruct-gguf:Q4_K_M\n  lancachectl prune --model someone/mymodel:7b --include-local\n\nCriteria combine: --model names, plus models unused for --older-than, plus least\nrecently used models until the cache is under --max-size."
     )]
     Prune {
         /// Models not used for this long ("30d", "12h").
@@ -85,9 +94,10 @@ enum Command {
         #[arg(long)]
         include_local: bool,
     },
-    /// Fill models into the cache ahead of time (before an event), with progress bars. The fills
-    /// run in the daemon: Ctrl-C or --no-wait leaves them running; running the same command
-    /// again resumes watching (and filling what is missing).
+    /// Fill models into the cache ahead of time, with progress bars.
+    ///
+    /// The fills run in the daemon: Ctrl-C or --no-wait leaves them running; the same command
+    /// again resumes watching (and fills only what is missing).
     #[command(
         after_help = "Examples:\n  lancachectl prefetch llama3:8b qwen2.5:1.5b\n  lancachectl prefetch --no-wait hf.co/bartowski/llama-3.2-1b-instruct-gguf:Q4_K_M\n\nExit status: 0 all models complete, 1 a model failed, 2 the daemon could not be\nreached, 130 interrupted (the fills go on)."
     )]
@@ -199,4 +209,30 @@ fn main() -> ExitCode {
         }
     }
     ExitCode::SUCCESS
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn every_command_has_examples_and_fits_80_columns() {
+        let mut cli = Cli::command();
+        cli.build();
+        let mut helps = vec![cli.render_long_help().to_string()];
+        for sub in cli.get_subcommands_mut() {
+            if sub.get_name() == "help" {
+                continue;
+            }
+            let help = sub.render_long_help().to_string();
+            assert!(help.contains("Examples:"), "{}: {help}", sub.get_name());
+            helps.push(help);
+        }
+        for help in helps {
+            for line in help.lines() {
+                assert!(line.chars().count() <= 80, "{line}");
+            }
+        }
+    }
 }

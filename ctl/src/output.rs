@@ -135,7 +135,13 @@ pub fn human(resp: &Response, ca_path: bool, st: Style) -> String {
             let _ = writeln!(o, "error: {}", e.message);
         }
     }
-    o
+    // Padding of the last column is not for anyone to see.
+    let mut trimmed = String::with_capacity(o.len());
+    for line in o.lines() {
+        trimmed.push_str(line.trim_end());
+        trimmed.push('\n');
+    }
+    trimmed
 }
 
 /// The name `ollama list` would show for a canonical `host/namespace/model:tag`.
@@ -357,10 +363,13 @@ fn models_table(o: &mut String, models: &[ModelInfo], st: Style) {
     let _ = writeln!(
         o,
         "{}",
-        st.bold(&format!(
-            "{:<36} {:>10}  {:<8}  {:<10}  {:<7}",
-            "NAME", "SIZE", "STATE", "LAST USED", "SOURCE"
-        ))
+        st.bold(
+            format!(
+                "{:<36} {:>10}  {:<8}  {:<10}  {:<7}",
+                "NAME", "SIZE", "STATE", "LAST USED", "SOURCE"
+            )
+            .trim_end()
+        )
     );
     let mut total = 0;
     for m in models {
@@ -394,12 +403,15 @@ fn prune_table(o: &mut String, p: &PruneReport, st: Style) {
         let _ = writeln!(
             o,
             "{}",
-            st.bold(&format!(
-                "{:<52} {:>12}  {:<10}",
-                if p.dry_run { "WOULD REMOVE" } else { "REMOVED" },
-                "FREES",
-                "LAST USED"
-            ))
+            st.bold(
+                format!(
+                    "{:<52} {:>12}  {:<10}",
+                    if p.dry_run { "WOULD REMOVE" } else { "REMOVED" },
+                    "FREES",
+                    "LAST USED"
+                )
+                .trim_end()
+            )
         );
         for m in &p.removed {
             let _ = writeln!(
