@@ -403,4 +403,70 @@ mod tests {
         assert_eq!(crit.free_bytes, Some(60));
         assert!(!crit.include_local);
     }
+
+    fn write_model(l: &crate::store::Layout, name: &str, size: usize) -> crate::store::ModelRef {
+        use crate::store::{Digest, ModelRef};
+        let m = ModelRef::parse(name).unwrap();
+        let mut data = vec![name.len() as u8; size];
+        data.extend_from_slice(name.as_bytes());
+        let d = Digest::of(&data);
+        std::fs::write(l.blob_path(&d), &data).unwrap();
+        let cfg = Digest::of(name.as_bytes());
+        std::fs::write(l.blob_path(&cfg), name.as_bytes()).unwrap();
+        let json = format!(
+            r#"{{"config":{{"digest":"{cfg}","size":{}}},"layers":[{{"digest":"{d}","size":{}}}]}}"#,
+            name.len(),
+            data.len()
+        );
+        let p = l.manifest_path(&m);
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(p, json).unwrap();
+        m
+    }
+
+    #[tokio::test]
+    async fn ensure_space_evicts_or_explains() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut config = Config::default();
+        config.cache.dir = tmp.path().into();
+        config.cache.max_size = crate::config::ByteSize(100_000);
+        config.cache.min_free = crate::config::ByteSize(0);
+        let state = State::new(config, crate::config::ConfigSource::Quickstart, false);
+        state.layout.create().unwrap();
+        let old = write_model(&state.layout, "old", 40_000);
+        let new = write_model(&state.layout, "new", 40_000);
+        let local = write_model(&state.layout, "someone/local", 10_000);
+        state.index.open().unwrap();
+        state.index.record_manifest_entry(
+            &old,
+            crate::store::index::Entry {
+                last_access: 1,
+                hits: 0,
+                fetched: true,
+            },
+        );
+        state.index.record_fetched(&new);
+
+        // 90 KB held; 5 KB more fit under 100 KB.
+        ensure_space(&state, 5_000).await.unwrap();
+        assert!(state.layout.manifest_path(&old).exists());
+        // 30 KB do not: the least recently used fetched model makes room.
+        ensure_space(&state, 30_000).await.unwrap();
+        assert!(!state.layout.manifest_path(&old).exists());
+        assert!(state.layout.manifest_path(&new).exists());
+        assert_eq!(state.lifecycle.evicted_models.load(Ordering::Relaxed), 1);
+        // Larger than max_size: refused outright.
+        let e = ensure_space(&state, 200_000).await.unwrap_err();
+        assert!(e.message.contains("larger than cache.max_size"), "{e}");
+        // The fetched model is in use and the rest is local: no room, and the reason says so.
+        let _pin = state.pins.pin(&crate::store::Digest::of(&{
+            let mut d = vec![3u8; 40_000];
+            d.extend_from_slice(b"new");
+            d
+        }));
+        let e = ensure_space(&state, 90_000).await.unwrap_err();
+        assert!(e.message.contains("evict_local"), "{e}");
+        assert!(state.layout.manifest_path(&local).exists());
+        assert_eq!(state.lifecycle.no_space.load(Ordering::Relaxed), 2);
+    }
 }
