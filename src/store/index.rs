@@ -335,7 +335,7 @@ impl Index {
 
     /// Brings the index in line with the directory: every manifest on disk gets an entry (last
     /// access = the file's mtime, not fetched), as does every blob it references; entries of
-    /// manifests no longer on disk (say, `ollama rm`) are dropped. Runs after every open, in the
+    /// manifests and blobs no longer on disk (say, after `ollama rm`) are dropped. Runs after every open, in the
     /// background, so models that were already in the directory are known without delaying
     /// start-up. Returns how many new models it indexed.
     pub fn reconcile(&self, layout: &Layout) -> Result<usize> {
@@ -370,6 +370,14 @@ impl Index {
                 }
             }
             manifests.retain(|k, _| present.contains(k))?;
+            let files: std::collections::HashSet<String> = std::fs::read_dir(layout.blobs_dir())
+                .into_iter()
+                .flatten()
+                .flatten()
+                .filter_map(|e| Digest::from_file_name(e.file_name().to_str()?))
+                .map(|d| d.hex().to_string())
+                .collect();
+            blobs.retain(|k, _| files.contains(k))?;
         }
         tx.commit()?;
         Ok(new_models)
@@ -516,6 +524,10 @@ mod tests {
         std::fs::remove_file(l.manifest_path(&a)).unwrap();
         idx.reconcile(&l).unwrap();
         assert!(!idx.manifests().unwrap().contains_key(&a.to_string()));
+        std::fs::remove_file(l.blob_path(&Digest::of(b"one"))).unwrap();
+        idx.reconcile(&l).unwrap();
+        assert!(idx.blob(&Digest::of(b"one")).unwrap().is_none());
+        assert!(idx.blob(&Digest::of(b"two")).unwrap().is_some());
         idx.forget_manifest(&b);
         assert!(idx.manifests().unwrap().is_empty());
         idx.flush().unwrap();
