@@ -7,6 +7,7 @@
 //! - stale fills in `.lancached/partial/` go with `--older-than`;
 //! - automatic eviction under a small `[cache] max_size` removes least recently used fetched
 //!   models down to the 90% watermark and leaves local ones; lowering max_size by reload does too;
+//!   free space under `min_free` evicts too, and what cannot be evicted is logged once;
 //! - the index is rebuilt from the directory after being deleted, and after being corrupted
 //!   (the bad file is moved aside);
 //! - start-up to READY=1 stays under 100 ms with 10,000 blobs (the scan runs after READY);
@@ -495,4 +496,30 @@ fn prefetch_without_fill_engine_is_refused_clearly() {
     let out = d.ctl(&["prefetch", "Bad/Name"]);
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("invalid model name"));
+}
+
+#[test]
+fn eviction_when_free_space_is_short() {
+    let tmp = tmpdir();
+    let cache = tmp.path().join("cache");
+    let a = model(&cache, "a", &[&random(10_000, 13)]);
+    let b = model(&cache, "b", &[&random(10_000, 14)]);
+    let local = model(&cache, "someone/local", &[&random(10_000, 15)]);
+    fetched(&cache, &[(&a, 100), (&b, 50)]);
+    // No disk has a pebibyte free: every fetched model goes, the local one stays, and the
+    // daemon says why it cannot do more.
+    let d = Daemon::builder()
+        .dir(tmp)
+        .config("[cache]\nmin_free = \"1PiB\"\n")
+        .start();
+    wait_for("eviction", Duration::from_secs(15), || {
+        model_names(&d) == ["someone/local:latest"]
+    });
+    assert!(Layout::new(&cache).manifest_path(&local).exists());
+    wait_for("the stuck warning", Duration::from_secs(15), || {
+        d.stderr().contains("nothing more can be evicted")
+    });
+    let s = d.ctl_json(&["stats"]);
+    assert_eq!(s["lifecycle"]["evicted_models"], 2, "{s}");
+    assert_eq!(s["lifecycle"]["min_free"], 1u64 << 50, "{s}");
 }
