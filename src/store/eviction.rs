@@ -110,6 +110,7 @@ pub async fn run(state: Arc<State>, cancel: CancellationToken) -> Result<()> {
     let mut check = tokio::time::interval(CHECK_EVERY);
     check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut config = state.watch_config();
+    let mut flush_failing = false;
     loop {
         tokio::select! {
             // Shutdown: write what the hot path buffered, then stop.
@@ -121,8 +122,17 @@ pub async fn run(state: Arc<State>, cancel: CancellationToken) -> Result<()> {
             // The hot path's touches, batched into one transaction.
             _ = flush.tick() => {
                 let s = state.clone();
-                if let Ok(Err(e)) = tokio::task::spawn_blocking(move || s.index.flush()).await {
-                    tracing::warn!("writing the access index: {e:#}");
+                match tokio::task::spawn_blocking(move || s.index.flush()).await {
+                    // Once per episode, not once a second (a full disk would flood the log).
+                    Ok(Err(e)) if !flush_failing => {
+                        flush_failing = true;
+                        tracing::warn!("writing the access index: {e:#} (usage since is lost until this recovers)");
+                    }
+                    Ok(Ok(())) if flush_failing => {
+                        flush_failing = false;
+                        tracing::info!("writing the access index works again");
+                    }
+                    _ => {}
                 }
             }
             // The periodic look at usage and free space (the first tick is immediate).
