@@ -533,4 +533,27 @@ mod tests {
         idx.flush().unwrap();
         assert!(idx.manifests().unwrap().is_empty());
     }
+
+    #[test]
+    fn touches_are_cheap_and_coalesce() {
+        let tmp = tempfile::tempdir().unwrap();
+        let l = Layout::new(tmp.path());
+        let idx = Index::new(&l);
+        let models: Vec<ModelRef> = (0..100)
+            .map(|i| ModelRef::parse(&format!("m{i}:q4")).unwrap())
+            .collect();
+        let digests: Vec<Digest> = (0..100u32).map(|i| Digest::of(&i.to_be_bytes())).collect();
+        let t = std::time::Instant::now();
+        for i in 0..100_000 {
+            idx.touch_manifest(&models[i % 100]);
+            idx.touch_blob(&digests[i % 100]);
+        }
+        let took = t.elapsed();
+        eprintln!("200,000 touches: {took:?}");
+        // Generous for a debug build on a loaded machine; a release build does ~10x better.
+        assert!(took < std::time::Duration::from_secs(2), "{took:?}");
+        let p = idx.pending.lock().unwrap();
+        assert_eq!((p.manifests.len(), p.blobs.len()), (100, 100));
+        assert_eq!(p.manifests[&models[0].to_string()].hits, 1000);
+    }
 }
