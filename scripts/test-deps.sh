@@ -31,6 +31,10 @@ for svc in unbound dnsmasq nginx docker-registry; do
   pkill -x "$svc" 2>/dev/null || true
 done
 
+# Python's Prometheus client: its parser checks /metrics (tests/metrics.rs).
+python3 -c "import prometheus_client" 2>/dev/null \
+  || python3 -m pip install --quiet --disable-pip-version-check prometheus-client
+
 # The real Ollama client (0.5.4) for end-to-end tests.
 get_ollama="$here/../shared/tools/get-ollama.sh"
 if [ -x "$get_ollama" ] || [ -f "$get_ollama" ]; then

@@ -123,12 +123,19 @@ async fn run_async(config: Config, source: ConfigSource, listeners: Listeners) -
             state.layout.root().display()
         )
     })?;
-    let subs = subsystems(listeners);
+    let mut subs = subsystems(listeners);
     if subs.is_empty() {
         return Err(anyhow!(
             "no listeners configured: every `listen` is empty and nothing was socket-activated"
         ));
     }
+    // Not a listener: the cache's housekeeping (access index, eviction) serves them all.
+    subs.push(Subsystem {
+        name: "cache",
+        start: Box::new(|state, cancel| {
+            Ok(Box::pin(crate::store::eviction::run(state, cancel)) as RunFuture)
+        }),
+    });
     for sub in &subs {
         let mine = described
             .iter()

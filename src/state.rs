@@ -8,12 +8,14 @@
 use arc_swap::ArcSwap;
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Instant;
 use tokio::sync::watch;
 
 use crate::config::{Config, ConfigSource};
-use crate::store::{Layout, Pins};
+use crate::store::eviction::Lifecycle;
+use crate::store::prefetch::Prefetcher;
+use crate::store::{Index, Layout, Pins};
 
 pub struct State {
     config: ArcSwap<Config>,
@@ -31,6 +33,12 @@ pub struct State {
     pub pins: Pins,
     /// The model catalog, client download sessions and the cache-writable probe.
     pub distribution: crate::distribution::Distribution,
+    /// Access times, hit counts and fetched-or-found per model and blob.
+    pub index: Index,
+    /// Usage, eviction and prune bookkeeping.
+    pub lifecycle: Lifecycle,
+    /// The fill engine's prefetch entry point, once wired in.
+    prefetcher: OnceLock<Arc<dyn Prefetcher>>,
 }
 
 impl State {
@@ -46,9 +54,12 @@ impl State {
             started: Instant::now(),
             health: Health::default(),
             counters: Counters::default(),
+            index: Index::new(&layout),
             layout,
             pins: Pins::default(),
             distribution: crate::distribution::Distribution::default(),
+            lifecycle: Lifecycle::default(),
+            prefetcher: OnceLock::new(),
         })
     }
 
@@ -82,6 +93,15 @@ impl State {
         } else {
             format!("degraded: {} failing", failing.join(", "))
         }
+    }
+
+    /// Connects `lancachectl prefetch` to the fill engine (once; later calls are ignored).
+    pub fn set_prefetcher(&self, p: Arc<dyn Prefetcher>) {
+        let _ = self.prefetcher.set(p);
+    }
+
+    pub fn prefetcher(&self) -> Option<&Arc<dyn Prefetcher>> {
+        self.prefetcher.get()
     }
 
     /// A receiver that wakes when the configuration changes.

@@ -10,5 +10,8 @@ mod control;
 mod distribution;
 mod harness;
 mod lifecycle;
+mod lifecycle_cache;
+mod metrics;
+mod prefetch_cli;
 mod sideload;
 mod webui;

@@ -6,6 +6,8 @@
 
 mod client;
 mod output;
+mod prefetch;
+mod style;
 
 use clap::{Parser, Subcommand};
 use lancache_protocol::{PruneRequest, Request, Response};
@@ -16,12 +18,15 @@ use std::process::ExitCode;
 #[command(
     name = "lancachectl",
     version,
+    max_term_width = 80,
     about = "Control and inspect a running lancached",
     after_help = "\
 Examples:
   lancachectl status
-  lancachectl stats --json
+  lancachectl stats
+  lancachectl models --json
   lancachectl prune --older-than 30d --dry-run
+  lancachectl prefetch llama3:8b
   lancachectl reload
   LANCACHE_SOCKET=./lancache-state/control.sock lancachectl status"
 )]
@@ -39,41 +44,78 @@ struct Cli {
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Version, uptime, subsystems and their health, listeners.
+    #[command(after_help = "Examples:\n  lancachectl status\n  lancachectl status --json")]
     Status,
-    /// Counters since the daemon started.
+    /// What the cache has done since the daemon started.
+    ///
+    /// Hit ratio, bytes saved vs fetched, per registry, top models, active fills, evictions and
+    /// prunes, DNS, HTTP and control counters.
+    #[command(
+        after_help = "Examples:\n  lancachectl stats\n  lancachectl stats --json | jq .cache.usage_bytes\n\nThe --json schema is documented in docs/lifecycle.md."
+    )]
     Stats,
-    /// Re-read the configuration file; a bad file is rejected and the old one stays in force.
+    /// Re-read the configuration file.
+    ///
+    /// A bad file is rejected (exit 1, with the error) and the old one stays in force. Settings
+    /// that need a restart to take effect are listed.
+    #[command(
+        after_help = "Examples:\n  lancachectl reload\n  systemctl reload lancached      (the same, through systemd)"
+    )]
     Reload,
     /// Models in the cache.
+    ///
+    /// Size, complete or partial, last used, and whether the cache fetched the model or found it
+    /// in the directory (local: a user's own Ollama model, never evicted automatically).
+    #[command(after_help = "Examples:\n  lancachectl models\n  lancachectl models --json")]
     Models,
     /// Remove models not used lately, and the blobs only they reference.
+    ///
+    /// Blobs shared with a kept model, blobs being served or filled, and models the cache did not
+    /// fetch itself (unless --include-local) are never removed. Fills in progress untouched for
+    /// longer than --older-than (default 24h) are removed too.
     #[command(
-        after_help = "Examples:\n  lancachectl prune --older-than 30d\n  lancachectl prune --max-size 200GiB --dry-run\n  lancachectl prune --model llama3:8b"
+        after_help = "Examples:\n  lancachectl prune --older-than 30d\n  lancachectl prune --max-size 200GiB --dry-run\n  lancachectl prune --model llama3:8b\n  lancachectl prune --model hf.co/bartowski/llama-3.2-1b-instruct-gguf:Q4_K_M\n  lancachectl prune --model someone/mymodel:7b --include-local\n\nCriteria combine: --model names, plus models unused for --older-than, plus least\nrecently used models until the cache is under --max-size."
     )]
     Prune {
         /// Models not used for this long ("30d", "12h").
-        #[arg(long, value_parser = parse_duration)]
+        #[arg(long, value_parser = parse_duration, value_name = "DURATION")]
         older_than: Option<u64>,
         /// Least recently used models until the cache is at most this big ("200GiB").
-        #[arg(long, value_parser = parse_size)]
+        #[arg(long, value_parser = parse_size, value_name = "SIZE")]
         max_size: Option<u64>,
-        /// This model (any name form: llama3, llama3:8b, user/model:tag, hf.co/u/r:q).
-        #[arg(long = "model")]
+        /// This model (any name form: llama3, llama3:8b, user/model:tag, hf.co/u/r:q); repeatable.
+        #[arg(long = "model", value_name = "NAME")]
         models: Vec<String>,
-        /// Show what would be removed; change nothing.
+        /// Show what would be removed and the bytes freed; change nothing.
         #[arg(long)]
         dry_run: bool,
-        /// Also remove models the daemon did not fetch (found in the directory).
+        /// Also remove models the daemon did not fetch (found in the directory, e.g. a user's own
+        /// Ollama models).
         #[arg(long)]
         include_local: bool,
     },
-    /// Fill models into the cache ahead of time.
+    /// Fill models into the cache ahead of time, with progress bars.
+    ///
+    /// The fills run in the daemon: Ctrl-C or --no-wait leaves them running; the same command
+    /// again resumes watching (and fills only what is missing).
+    #[command(
+        after_help = "Examples:\n  lancachectl prefetch llama3:8b qwen2.5:1.5b\n  lancachectl prefetch --no-wait hf.co/bartowski/llama-3.2-1b-instruct-gguf:Q4_K_M\n\nExit status: 0 all models complete, 1 a model failed, 2 the daemon could not be\nreached, 130 interrupted (the fills go on)."
+    )]
     Prefetch {
         /// Model names (llama3, llama3:8b, hf.co/user/repo:quant).
-        #[arg(required = true)]
+        #[arg(required = true, value_name = "NAME")]
         names: Vec<String>,
+        /// Watch until every model is complete (the default).
+        #[arg(long, overrides_with = "no_wait")]
+        wait: bool,
+        /// Start the fills and return at once.
+        #[arg(long, overrides_with = "wait")]
+        no_wait: bool,
     },
     /// The cache's own CA certificate (PEM), for clients to trust.
+    #[command(
+        after_help = "Examples:\n  lancachectl ca > lancache-ca.pem\n  lancachectl ca --path\n  lancachectl ca --rotate"
+    )]
     Ca {
         /// Print where the certificate is stored instead of the PEM.
         #[arg(long)]
@@ -124,7 +166,7 @@ fn main() -> ExitCode {
                 include_local: *include_local,
             })
         }
-        Command::Prefetch { names } => Request::Prefetch {
+        Command::Prefetch { names, .. } => Request::Prefetch {
             names: names.clone(),
         },
         Command::Ca { rotate, .. } => Request::Ca { rotate: *rotate },
@@ -146,11 +188,51 @@ fn main() -> ExitCode {
         );
         return ExitCode::from(1);
     }
+    if let Command::Prefetch {
+        names,
+        no_wait: false,
+        ..
+    } = &cli.command
+    {
+        return prefetch::watch(&cli.socket, names, cli.json);
+    }
     if cli.json {
         println!("{}", serde_json::to_string_pretty(&response).unwrap());
     } else {
         let ca_path = matches!(cli.command, Command::Ca { path: true, .. });
-        print!("{}", output::human(&response, ca_path));
+        print!(
+            "{}",
+            output::human(&response, ca_path, style::Style::detect())
+        );
+        if matches!(cli.command, Command::Prefetch { .. }) {
+            println!("the fills run in lancached; watch them with `lancachectl stats`");
+        }
     }
     ExitCode::SUCCESS
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn every_command_has_examples_and_fits_80_columns() {
+        let mut cli = Cli::command();
+        cli.build();
+        let mut helps = vec![cli.render_long_help().to_string()];
+        for sub in cli.get_subcommands_mut() {
+            if sub.get_name() == "help" {
+                continue;
+            }
+            let help = sub.render_long_help().to_string();
+            assert!(help.contains("Examples:"), "{}: {help}", sub.get_name());
+            helps.push(help);
+        }
+        for help in helps {
+            for line in help.lines() {
+                assert!(line.chars().count() <= 80, "{line}");
+            }
+        }
+    }
 }

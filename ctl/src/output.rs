@@ -1,9 +1,13 @@
-//! Human-readable rendering of the daemon's answers, fitting 80 columns.
+//! Human-readable rendering of the daemon's answers, fitting 80 columns (long model names are
+//! shortened with an ellipsis; `--json` always has them whole).
 
-use lancache_protocol::Response;
+use lancache_protocol::{ModelInfo, PruneReport, Response, Stats};
 use std::fmt::Write;
+use std::time::{SystemTime, UNIX_EPOCH};
 
-fn bytes(n: u64) -> String {
+use crate::style::Style;
+
+pub fn bytes(n: u64) -> String {
     bytesize::ByteSize(n).display().iec().to_string()
 }
 
@@ -11,7 +15,60 @@ fn duration(secs: u64) -> String {
     humantime::format_duration(std::time::Duration::from_secs(secs)).to_string()
 }
 
-pub fn human(resp: &Response, ca_path: bool) -> String {
+/// `1,234,567`: counters are easier to read grouped.
+pub fn count(n: u64) -> String {
+    let s = n.to_string();
+    let mut out = String::new();
+    for (i, c) in s.chars().enumerate() {
+        if i > 0 && (s.len() - i).is_multiple_of(3) {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
+
+/// "5m ago", "3h ago", "12d ago": the largest unit only.
+pub fn ago(when: Option<u64>, now: u64) -> String {
+    let Some(t) = when else {
+        return "never".into();
+    };
+    let d = now.saturating_sub(t);
+    match d {
+        0..60 => "just now".into(),
+        60..3600 => format!("{}m ago", d / 60),
+        3600..86400 => format!("{}h ago", d / 3600),
+        _ => format!("{}d ago", d / 86400),
+    }
+}
+
+pub fn now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// Shortens `s` to `width` characters, marking the cut with an ellipsis.
+pub fn fit(s: &str, width: usize) -> String {
+    if s.chars().count() <= width {
+        s.to_string()
+    } else {
+        let mut t: String = s.chars().take(width.saturating_sub(1)).collect();
+        t.push('…');
+        t
+    }
+}
+
+fn pct(part: u64, whole: u64) -> f64 {
+    if whole == 0 {
+        0.0
+    } else {
+        part as f64 * 100.0 / whole as f64
+    }
+}
+
+pub fn human(resp: &Response, ca_path: bool, st: Style) -> String {
     let mut o = String::new();
     match resp {
         Response::Status(s) => {
@@ -24,96 +81,21 @@ pub fn human(resp: &Response, ca_path: bool) -> String {
             );
             let _ = writeln!(o, "config: {}", s.config);
             for sub in &s.subsystems {
-                let health = if sub.healthy { "healthy" } else { "FAILING" };
-                let _ = writeln!(
-                    o,
-                    "  {:<8} {health:<8} restarts: {}",
-                    sub.name, sub.restarts
-                );
+                let health = if sub.healthy {
+                    st.green(&format!("{:<8}", "healthy"))
+                } else {
+                    st.red(&format!("{:<8}", "FAILING"))
+                };
+                let _ = writeln!(o, "  {:<8} {health} restarts: {}", sub.name, sub.restarts);
                 for l in &sub.listeners {
                     let _ = writeln!(o, "           {l}");
                 }
                 if let Some(e) = &sub.last_error {
-                    let _ = writeln!(o, "           last error: {e}");
+                    let _ = writeln!(o, "           last error: {}", fit(e, 56));
                 }
             }
         }
-        Response::Stats(s) => {
-            let _ = writeln!(o, "uptime {}", duration(s.uptime_secs));
-            let _ = writeln!(
-                o,
-                "http: {} connections, {} requests",
-                s.http.connections, s.http.requests
-            );
-            let classes: Vec<String> = s
-                .http
-                .responses
-                .iter()
-                .map(|(k, v)| format!("{k} {v}"))
-                .collect();
-            let _ = writeln!(o, "      responses: {}", classes.join(", "));
-            if let Some(c) = &s.cache {
-                let total = c.bytes_from_cache + c.bytes_from_upstream;
-                let ratio = if total == 0 {
-                    0.0
-                } else {
-                    c.bytes_from_cache as f64 * 100.0 / total as f64
-                };
-                let _ = writeln!(
-                    o,
-                    "cache: {} of {} used, {} models, {} blobs",
-                    bytes(c.usage_bytes),
-                    bytes(c.max_size),
-                    c.models,
-                    c.blobs
-                );
-                let _ = writeln!(
-                    o,
-                    "       served {} from cache, fetched {} upstream ({ratio:.1}% hit by bytes)",
-                    bytes(c.bytes_from_cache),
-                    bytes(c.bytes_from_upstream)
-                );
-                let _ = writeln!(
-                    o,
-                    "       manifests: {} hits, {} misses, {} revalidated, {} served offline",
-                    c.manifest_hits,
-                    c.manifest_misses,
-                    c.manifest_revalidations,
-                    c.manifest_offline_serves
-                );
-                let _ = writeln!(
-                    o,
-                    "       blobs: {} hits, {} misses; fills {} done, {} failed",
-                    c.blob_hits, c.blob_misses, c.fills_completed, c.fills_failed
-                );
-                for f in &c.fills {
-                    let pct = if f.size == 0 {
-                        0.0
-                    } else {
-                        f.landed as f64 * 100.0 / f.size as f64
-                    };
-                    let _ = writeln!(
-                        o,
-                        "       fill {}… {pct:5.1}% of {} ({} waiting)",
-                        &f.digest[..f.digest.len().min(19)],
-                        bytes(f.size),
-                        f.waiters
-                    );
-                }
-            }
-            if let Some(d) = &s.dns {
-                let _ = writeln!(
-                    o,
-                    "dns: {} intercepted, {} forwarded, {} refused, {} failed",
-                    d.intercepted, d.forwarded, d.refused, d.failed
-                );
-            }
-            let _ = writeln!(
-                o,
-                "control: {} requests, {} refused, {} bad frames",
-                s.control.requests, s.control.refused, s.control.bad_frames
-            );
-        }
+        Response::Stats(s) => stats(&mut o, s, st),
         Response::Reloaded(r) => {
             let _ = writeln!(o, "configuration reloaded");
             if !r.applied.is_empty() {
@@ -122,42 +104,23 @@ pub fn human(resp: &Response, ca_path: bool) -> String {
             if !r.needs_restart.is_empty() {
                 let _ = writeln!(
                     o,
-                    "  needs a restart to take effect: {}",
+                    "  {}: {}",
+                    st.yellow("needs a restart to take effect"),
                     r.needs_restart.join(", ")
                 );
             }
         }
-        Response::Models { models } => {
-            if models.is_empty() {
-                let _ = writeln!(o, "no models cached");
-            }
-            for m in models {
-                let state = if m.complete { "complete" } else { "partial" };
-                let _ = writeln!(o, "{:<40} {:>10}  {state}", m.short_name, bytes(m.size));
-            }
-        }
-        Response::Pruned(p) => {
-            let verb = if p.dry_run { "would remove" } else { "removed" };
-            for m in &p.removed {
-                let _ = writeln!(o, "{verb} {:<40} {:>10}", m.name, bytes(m.bytes));
-            }
-            let _ = writeln!(
-                o,
-                "{verb} {} models, {} blobs, {} freed",
-                p.removed.len(),
-                p.blobs_removed,
-                bytes(p.bytes_freed)
-            );
-        }
+        Response::Models { models } => models_table(&mut o, models, st),
+        Response::Pruned(p) => prune_table(&mut o, p, st),
         Response::Prefetch { fills } => {
-            for f in fills {
+            for (name, m) in crate::prefetch::group(fills) {
                 let _ = writeln!(
                     o,
-                    "{} {} {}/{}",
-                    f.model.as_deref().unwrap_or("-"),
-                    f.state,
-                    bytes(f.landed),
-                    bytes(f.size)
+                    "{:<44} {:>10} of {:>10}  {}",
+                    fit(&short(&name), 44),
+                    bytes(m.landed),
+                    bytes(m.size),
+                    m.state()
                 );
             }
         }
@@ -172,5 +135,413 @@ pub fn human(resp: &Response, ca_path: bool) -> String {
             let _ = writeln!(o, "error: {}", e.message);
         }
     }
-    o
+    // Padding of the last column is not for anyone to see.
+    let mut trimmed = String::with_capacity(o.len());
+    for line in o.lines() {
+        trimmed.push_str(line.trim_end());
+        trimmed.push('\n');
+    }
+    trimmed
+}
+
+/// The name `ollama list` would show for a canonical `host/namespace/model:tag`.
+pub fn short(canonical: &str) -> String {
+    canonical
+        .strip_prefix("registry.ollama.ai/library/")
+        .or_else(|| canonical.strip_prefix("registry.ollama.ai/"))
+        .unwrap_or(canonical)
+        .to_string()
+}
+
+const LABEL: usize = 10;
+
+fn label(st: Style, l: &str) -> String {
+    st.bold(&format!("{l:<LABEL$}"))
+}
+
+fn stats(o: &mut String, s: &Stats, st: Style) {
+    let pad = " ".repeat(LABEL);
+    let _ = writeln!(o, "lancached up {}", duration(s.uptime_secs));
+    if let Some(c) = &s.cache {
+        let local = s
+            .lifecycle
+            .as_ref()
+            .map(|l| format!(" ({} local)", count(l.local_models)))
+            .unwrap_or_default();
+        let _ = writeln!(
+            o,
+            "{}{} of {} ({:.0}%), {} models{local}, {} blobs",
+            label(st, "cache"),
+            bytes(c.usage_bytes),
+            bytes(c.max_size),
+            pct(c.usage_bytes, c.max_size),
+            count(c.models),
+            count(c.blobs)
+        );
+        if let Some(l) = &s.lifecycle {
+            let _ = writeln!(
+                o,
+                "{pad}{} free on disk (min_free {}){}",
+                bytes(l.free_bytes),
+                bytes(l.min_free),
+                if l.indexing {
+                    "; indexing the directory"
+                } else {
+                    ""
+                }
+            );
+        }
+        let total = c.bytes_from_cache + c.bytes_from_upstream;
+        let _ = writeln!(
+            o,
+            "{}{:.1}% of bytes served from cache",
+            label(st, "hits"),
+            pct(c.bytes_from_cache, total)
+        );
+        let _ = writeln!(
+            o,
+            "{pad}{} from cache (saved), {} fetched upstream",
+            bytes(c.bytes_from_cache),
+            bytes(c.bytes_from_upstream)
+        );
+        let _ = writeln!(
+            o,
+            "{pad}manifests {} hits / {} misses, {} revalidated, {} offline",
+            count(c.manifest_hits),
+            count(c.manifest_misses),
+            count(c.manifest_revalidations),
+            count(c.manifest_offline_serves)
+        );
+        let failures: Vec<String> = c
+            .failures
+            .iter()
+            .filter(|(_, n)| **n > 0)
+            .map(|(k, n)| format!("{k} {}", count(*n)))
+            .collect();
+        let _ = writeln!(
+            o,
+            "{pad}blobs {} hits / {} misses; fills {} done, {} failed",
+            count(c.blob_hits),
+            count(c.blob_misses),
+            count(c.fills_completed),
+            count(c.fills_failed),
+        );
+        if !failures.is_empty() {
+            let _ = writeln!(
+                o,
+                "{pad}{}",
+                fit(&format!("failures: {}", failures.join(", ")), 70)
+            );
+        }
+        if !c.per_registry.is_empty() {
+            let _ = writeln!(
+                o,
+                "{}{}",
+                label(st, "registry"),
+                st.dim(&format!(
+                    "{:<24} {:>9} {:>9} {:>11} {:>11}",
+                    "NAME", "HITS", "MISSES", "FROM CACHE", "UPSTREAM"
+                ))
+            );
+            for (name, r) in &c.per_registry {
+                let _ = writeln!(
+                    o,
+                    "{pad}{:<24} {:>9} {:>9} {:>11} {:>11}",
+                    fit(name, 24),
+                    count(r.manifest_hits + r.blob_hits),
+                    count(r.manifest_misses + r.blob_misses),
+                    bytes(r.bytes_from_cache),
+                    bytes(r.bytes_from_upstream)
+                );
+            }
+        }
+        if let Some(l) = &s.lifecycle {
+            let now = now();
+            for (i, m) in l.top_models.iter().take(5).enumerate() {
+                let _ = writeln!(
+                    o,
+                    "{}{:<34} {:>11} requests  {:>9}",
+                    if i == 0 {
+                        label(st, "top")
+                    } else {
+                        pad.clone()
+                    },
+                    fit(&m.name, 34),
+                    count(m.hits),
+                    ago(Some(m.last_used), now)
+                );
+            }
+        }
+        for (i, f) in c.fills.iter().enumerate() {
+            let name = f.model.as_deref().map(short).unwrap_or_else(|| "-".into());
+            let _ = writeln!(
+                o,
+                "{}{:<22} {:<12} {:>5.1}% of {:>10} {:>3} waiting",
+                if i == 0 {
+                    label(st, "fills")
+                } else {
+                    pad.clone()
+                },
+                fit(&name, 22),
+                fit(f.digest.strip_prefix("sha256:").unwrap_or(&f.digest), 12),
+                pct(f.landed, f.size),
+                bytes(f.size),
+                f.waiters
+            );
+        }
+    }
+    if let Some(l) = &s.lifecycle {
+        let _ = writeln!(
+            o,
+            "{}{} runs, {} models, {} freed; {} fills refused for room",
+            label(st, "evictions"),
+            count(l.evictions),
+            count(l.evicted_models),
+            bytes(l.evicted_bytes),
+            count(l.no_space)
+        );
+        let _ = writeln!(
+            o,
+            "{}{} runs, {} models, {} freed",
+            label(st, "prunes"),
+            count(l.prunes),
+            count(l.pruned_models),
+            bytes(l.pruned_bytes)
+        );
+    }
+    if let Some(d) = &s.dns {
+        let _ = writeln!(
+            o,
+            "{}{} intercepted, {} forwarded, {} refused, {} failed",
+            label(st, "dns"),
+            count(d.intercepted),
+            count(d.forwarded),
+            count(d.refused),
+            count(d.failed)
+        );
+        let latency = match (d.upstream_latency_ms_p50, d.upstream_latency_ms_p99) {
+            (Some(a), Some(b)) => format!("; upstream p50 {a:.1} ms, p99 {b:.1} ms"),
+            _ => String::new(),
+        };
+        let _ = writeln!(
+            o,
+            "{pad}{} rate-limited, {} malformed{latency}",
+            count(d.rate_limited),
+            count(d.malformed)
+        );
+    }
+    let classes: Vec<String> = s
+        .http
+        .responses
+        .iter()
+        .map(|(k, v)| format!("{k} {}", count(*v)))
+        .collect();
+    let _ = writeln!(
+        o,
+        "{}{} connections, {} requests",
+        label(st, "http"),
+        count(s.http.connections),
+        count(s.http.requests)
+    );
+    let _ = writeln!(o, "{pad}{}", classes.join(", "));
+    let _ = writeln!(
+        o,
+        "{}{} requests, {} refused, {} bad frames",
+        label(st, "control"),
+        count(s.control.requests),
+        count(s.control.refused),
+        count(s.control.bad_frames)
+    );
+}
+
+fn models_table(o: &mut String, models: &[ModelInfo], st: Style) {
+    if models.is_empty() {
+        let _ = writeln!(o, "no models cached");
+        return;
+    }
+    let now = now();
+    let _ = writeln!(
+        o,
+        "{}",
+        st.bold(
+            format!(
+                "{:<36} {:>10}  {:<8}  {:<10}  {:<7}",
+                "NAME", "SIZE", "STATE", "LAST USED", "SOURCE"
+            )
+            .trim_end()
+        )
+    );
+    let mut total = 0;
+    for m in models {
+        total += m.size;
+        let state = if m.complete {
+            format!("{:<8}", "complete")
+        } else {
+            st.yellow(&format!("{:<8}", "partial"))
+        };
+        let _ = writeln!(
+            o,
+            "{:<36} {:>10}  {state}  {:<10}  {:<7}",
+            fit(&m.short_name, 36),
+            bytes(m.size),
+            ago(m.last_used, now),
+            if m.fetched { "fetched" } else { "local" }
+        );
+    }
+    let _ = writeln!(
+        o,
+        "{} models, {} (shared blobs counted once per model)",
+        models.len(),
+        bytes(total)
+    );
+}
+
+fn prune_table(o: &mut String, p: &PruneReport, st: Style) {
+    let verb = if p.dry_run { "would remove" } else { "removed" };
+    let now = now();
+    if !p.removed.is_empty() {
+        let _ = writeln!(
+            o,
+            "{}",
+            st.bold(
+                format!(
+                    "{:<52} {:>12}  {:<10}",
+                    if p.dry_run { "WOULD REMOVE" } else { "REMOVED" },
+                    "FREES",
+                    "LAST USED"
+                )
+                .trim_end()
+            )
+        );
+        for m in &p.removed {
+            let _ = writeln!(
+                o,
+                "{:<52} {:>12}  {:<10}",
+                fit(&m.name, 52),
+                bytes(m.bytes),
+                ago(m.last_used, now)
+            );
+        }
+    }
+    let _ = writeln!(
+        o,
+        "{verb} {} models, {} blobs, {} stale fills: {} {}",
+        p.removed.len(),
+        count(p.blobs_removed),
+        count(p.partial_fills_removed),
+        bytes(p.bytes_freed),
+        if p.dry_run { "(dry run)" } else { "freed" }
+    );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use lancache_protocol::{CacheStats, DnsStats, LifecycleStats, ModelUse, PrunedModel};
+
+    #[test]
+    fn stats_fit_80_columns() {
+        let mut s = Stats::default();
+        let mut c = CacheStats {
+            usage_bytes: 212 << 30,
+            max_size: 500 << 30,
+            bytes_from_cache: 1 << 40,
+            bytes_from_upstream: 98 << 30,
+            blob_hits: 123_456_789,
+            ..Default::default()
+        };
+        c.failures.insert("digest_mismatch".into(), 3);
+        c.failures.insert("upstream_status".into(), 12345);
+        c.per_registry.insert(
+            "a-very-long-registry-name.example.com".into(),
+            Default::default(),
+        );
+        c.fills.push(lancache_protocol::FillProgress {
+            model: Some("hf.co/bartowski/llama-3.2-1b-instruct-gguf:Q4_K_M".into()),
+            digest: format!("sha256:{}", "a".repeat(64)),
+            size: 4 << 30,
+            landed: 1 << 30,
+            waiters: 12,
+            state: "filling".into(),
+        });
+        s.cache = Some(c);
+        s.dns = Some(DnsStats {
+            intercepted: u32::MAX as u64,
+            upstream_latency_ms_p50: Some(1.5),
+            upstream_latency_ms_p99: Some(25.0),
+            ..Default::default()
+        });
+        s.lifecycle = Some(LifecycleStats {
+            top_models: vec![ModelUse {
+                name: "hf.co/bartowski/llama-3.2-1b-instruct-gguf:Q4_K_M".into(),
+                hits: 999_999_999,
+                last_used: now() - 7200,
+            }],
+            ..Default::default()
+        });
+        s.http.responses.insert("2xx".into(), 10);
+        let text = human(&Response::Stats(s), false, Style::plain());
+        for line in text.lines() {
+            assert!(line.chars().count() <= 80, "{} columns: {line}", line.len());
+        }
+        assert!(
+            text.contains("hits      91.3% of bytes served from cache"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn tables_fit_80_columns() {
+        let m = ModelInfo {
+            name: "x".into(),
+            short_name: "hf.co/bartowski/llama-3.2-1b-instruct-gguf:Q4_K_M-extra-long".into(),
+            size: 999 << 30,
+            digest: String::new(),
+            complete: false,
+            last_used: Some(now() - 90000),
+            fetched: true,
+        };
+        let text = human(
+            &Response::Models {
+                models: vec![m.clone(), m],
+            },
+            false,
+            Style::plain(),
+        );
+        let p = PruneReport {
+            dry_run: true,
+            removed: vec![PrunedModel {
+                name: "hf.co/bartowski/llama-3.2-1b-instruct-gguf:Q4_K_M-extra-long".into(),
+                bytes: 999 << 30,
+                last_used: None,
+            }],
+            blobs_removed: 12345,
+            bytes_freed: 999 << 30,
+            partial_fills_removed: 3,
+        };
+        let text = text + &human(&Response::Pruned(p), false, Style::plain());
+        for line in text.lines() {
+            assert!(line.chars().count() <= 80, "{line}");
+        }
+        assert!(
+            text.contains("1d ago") && text.contains("partial"),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                "would remove 1 models, 12,345 blobs, 3 stale fills: 999.0 GiB (dry run)"
+            ),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn helpers() {
+        assert_eq!(count(1234567), "1,234,567");
+        assert_eq!(count(12), "12");
+        assert_eq!(ago(Some(100), 100 + 7200), "2h ago");
+        assert_eq!(fit("abcdef", 4), "abc…");
+        assert_eq!(short("registry.ollama.ai/library/llama3:8b"), "llama3:8b");
+        assert_eq!(short("hf.co/u/r:q"), "hf.co/u/r:q");
+    }
 }

@@ -1,9 +1,13 @@
 //! Carries out one control request. Actions that change things (reload, prune, prefetch, CA
 //! rotation) are audited: logged with the caller's uid and pid and the outcome.
 
-use lancache_protocol::{ErrorKind, ErrorReply, Request, Response, Stats, Status, SubsystemStatus};
+use lancache_protocol::{
+    ErrorKind, ErrorReply, FillProgress, PruneRequest, Request, Response, Stats, Status,
+    SubsystemStatus,
+};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::time::Duration;
 
 use super::auth::Caller;
 use crate::state::State;
@@ -24,10 +28,14 @@ pub async fn handle(req: Request, caller: &Caller, state: &Arc<State>) -> Respon
                 message: e,
             }),
         },
-        _ => Response::Error(ErrorReply {
-            kind: ErrorKind::Unsupported,
-            message: format!("`{name}` is not supported by this daemon"),
-        }),
+        Request::Models => models(state).await,
+        Request::Prune(p) => prune(state, p).await,
+        Request::Prefetch { names } => prefetch(state, names).await,
+        Request::FillProgress { names } => fill_progress(state, names),
+        Request::Ca { .. } => error(
+            ErrorKind::Unsupported,
+            format!("`{name}` is not supported by this daemon"),
+        ),
     };
     if audited {
         let outcome = match &resp {
@@ -37,6 +45,166 @@ pub async fn handle(req: Request, caller: &Caller, state: &Arc<State>) -> Respon
         tracing::info!(target: "audit", uid = caller.uid, pid = ?caller.pid, action = name, %outcome, "control action");
     }
     resp
+}
+
+fn error(kind: ErrorKind, message: impl Into<String>) -> Response {
+    Response::Error(ErrorReply {
+        kind,
+        message: message.into(),
+    })
+}
+
+/// How long a control request waits for the access index to open at start-up.
+const INDEX_WAIT: Duration = Duration::from_secs(10);
+
+async fn models(state: &Arc<State>) -> Response {
+    if let Err(e) = state.index.wait_open(INDEX_WAIT).await {
+        return error(ErrorKind::Failed, format!("{e:#}"));
+    }
+    let s = state.clone();
+    match tokio::task::spawn_blocking(move || {
+        let entries = s.index.manifests().unwrap_or_default();
+        crate::store::models::list(&s.layout, &entries)
+    })
+    .await
+    {
+        Ok(models) => Response::Models { models },
+        Err(e) => error(ErrorKind::Failed, format!("listing models: {e}")),
+    }
+}
+
+async fn prune(state: &Arc<State>, p: PruneRequest) -> Response {
+    use crate::store::prune::{Criteria, PruneError, Store, STALE_PARTIAL_SECS};
+    if p.older_than_secs.is_none() && p.max_size.is_none() && p.models.is_empty() {
+        return error(
+            ErrorKind::BadRequest,
+            "say what to prune: older_than_secs, max_size or models",
+        );
+    }
+    let mut models = Vec::new();
+    for n in &p.models {
+        match crate::store::ModelRef::parse(n) {
+            Ok(m) => models.push(m),
+            Err(e) => return error(ErrorKind::BadRequest, e.to_string()),
+        }
+    }
+    if let Err(e) = state.index.wait_open(INDEX_WAIT).await {
+        return error(ErrorKind::Failed, format!("{e:#}"));
+    }
+    let config = state.config();
+    let criteria = Criteria {
+        older_than: p.older_than_secs,
+        max_size: p.max_size,
+        free_bytes: None,
+        models,
+        include_local: p.include_local || config.cache.evict_local,
+        dry_run: p.dry_run,
+        partial_older_than: p.older_than_secs.unwrap_or(STALE_PARTIAL_SECS),
+    };
+    let _turn = state.lifecycle.lock.lock().await;
+    let s = state.clone();
+    let outcome = tokio::task::spawn_blocking(move || {
+        let store = Store {
+            layout: &s.layout,
+            index: &s.index,
+            pins: &s.pins,
+            deferred: &s.lifecycle.deferred,
+        };
+        crate::store::prune::prune(&store, &criteria)
+    })
+    .await;
+    match outcome {
+        Ok(Ok(report)) => {
+            state.lifecycle.count_prune(&report);
+            if !report.dry_run {
+                tracing::info!(
+                    models = ?report.removed.iter().map(|m| m.name.as_str()).collect::<Vec<_>>(),
+                    blobs = report.blobs_removed,
+                    bytes_freed = report.bytes_freed,
+                    partial_fills = report.partial_fills_removed,
+                    "pruned"
+                );
+                // Refresh the usage `stats` shows.
+                state.lifecycle.wake.notify_one();
+            }
+            Response::Pruned(report)
+        }
+        Ok(Err(e @ PruneError::NotFound(_))) => error(ErrorKind::NotFound, e.to_string()),
+        Ok(Err(e @ PruneError::Refused(_))) => error(ErrorKind::Failed, e.to_string()),
+        Err(e) => error(ErrorKind::Failed, format!("prune: {e}")),
+    }
+}
+
+fn parse_names(names: &[String]) -> Result<Vec<crate::store::ModelRef>, String> {
+    let mut out: Vec<crate::store::ModelRef> = Vec::new();
+    for n in names {
+        let m = crate::store::ModelRef::parse(n).map_err(|e| e.to_string())?;
+        if !out.contains(&m) {
+            out.push(m);
+        }
+    }
+    Ok(out)
+}
+
+const NO_PREFETCHER: &str = "prefetch needs the fill engine, which this lancached build does not have wired in; pull the model once with `ollama pull` through the cache instead";
+
+async fn prefetch(state: &Arc<State>, names: Vec<String>) -> Response {
+    let models = match parse_names(&names) {
+        Ok(m) if m.is_empty() => return error(ErrorKind::BadRequest, "name at least one model"),
+        Ok(m) => m,
+        Err(e) => return error(ErrorKind::BadRequest, e),
+    };
+    let Some(p) = state.prefetcher().cloned() else {
+        return error(ErrorKind::Unsupported, NO_PREFETCHER);
+    };
+    for m in &models {
+        if let Err(e) = p.start(m.clone()).await {
+            return error(
+                ErrorKind::Failed,
+                format!("cannot prefetch {}: {e}", m.short_name()),
+            );
+        }
+        tracing::info!(model = %m, "prefetch started");
+    }
+    Response::Prefetch {
+        fills: progress_of(&*p, &models),
+    }
+}
+
+fn fill_progress(state: &Arc<State>, names: Vec<String>) -> Response {
+    let models = match parse_names(&names) {
+        Ok(m) => m,
+        Err(e) => return error(ErrorKind::BadRequest, e),
+    };
+    let Some(p) = state.prefetcher() else {
+        return error(ErrorKind::Unsupported, NO_PREFETCHER);
+    };
+    Response::Prefetch {
+        fills: progress_of(&**p, &models),
+    }
+}
+
+/// The engine's progress, with a "pending" entry for each asked-for model it has nothing on
+/// yet, so a client always sees every model it asked for.
+fn progress_of(
+    p: &dyn crate::store::prefetch::Prefetcher,
+    models: &[crate::store::ModelRef],
+) -> Vec<FillProgress> {
+    let mut fills = p.progress(models);
+    for m in models {
+        let name = m.to_string();
+        if !fills.iter().any(|f| f.model.as_deref() == Some(&name)) {
+            fills.push(FillProgress {
+                model: Some(name),
+                digest: String::new(),
+                size: 0,
+                landed: 0,
+                waiters: 0,
+                state: "pending".into(),
+            });
+        }
+    }
+    fills
 }
 
 pub fn status(state: &State) -> Status {
@@ -80,5 +248,6 @@ pub fn stats(state: &State) -> Stats {
     ] {
         stats.http.responses.insert(class.to_string(), get(counter));
     }
+    crate::store::eviction::add_stats(state, &mut stats);
     stats
 }

@@ -6,6 +6,7 @@
 //! they are on (hyper's graceful shutdown), and the daemon's drain deadline bounds the wait.
 
 pub mod body;
+pub mod metrics;
 pub mod router;
 
 use anyhow::Result;

@@ -43,6 +43,7 @@ async fn dispatch(req: Request<Incoming>, peer: Peer, state: &Arc<State>) -> Res
         (&Method::GET | &Method::HEAD, "/install.ps1") => {
             scripts::serve(&req, peer, state, scripts::Script::Ps1)
         }
+        (&Method::GET | &Method::HEAD, "/metrics") => super::metrics::serve(peer, state),
         (&Method::GET | &Method::HEAD, _) => {
             body::text(StatusCode::NOT_FOUND, format!("no such resource: {path}"))
         }

@@ -78,7 +78,7 @@ impl DaemonBuilder {
         }
     }
 
-    /// TOML appended to the harness's base configuration (which sets only `cache.dir`,
+    /// TOML appended to the harness's base configuration (which sets only `cache.dir`, `cache.min_free`,
     /// `tls.ca_dir`, and empty `listen` lists so nothing but the activated sockets is bound).
     /// Sections named here must not repeat a key the base sets.
     pub fn config(mut self, toml: &str) -> Self {
@@ -146,8 +146,10 @@ impl DaemonBuilder {
         let control = dir.join("control.sock");
         let config_path = dir.join("lancached.toml");
         let a = self.activate;
+        // min_free = 0: the default (10 GiB) would make a daemon on a nearly full test machine
+        // evict what its test just fetched; tests of min_free set it themselves.
         let base = format!(
-            "[cache]\ndir = {cache:?}\n\n[tls]\nca_dir = {ca:?}\nlisten = []\n\n[http]\nlisten = []\n\n[dns]\nlisten = []\n\n[control]\nsocket = {ctl:?}\n\n",
+            "[cache]\ndir = {cache:?}\nmin_free = 0\n\n[tls]\nca_dir = {ca:?}\nlisten = []\n\n[http]\nlisten = []\n\n[dns]\nlisten = []\n\n[control]\nsocket = {ctl:?}\n\n",
             cache = cache_dir.display().to_string(),
             ca = dir.join("ca").display().to_string(),
             ctl = if a.control { String::new() } else { control.display().to_string() },
@@ -177,6 +179,8 @@ impl DaemonBuilder {
             fds.push((l.into(), "https"));
         }
         if a.control {
+            // A restart over the same directory finds the previous run's socket file.
+            let _ = std::fs::remove_file(&control);
             let l = UnixListener::bind(&control).unwrap();
             fds.push((l.into(), "control"));
         }

@@ -142,6 +142,45 @@ pub struct Stats {
     pub dns: Option<DnsStats>,
     #[serde(default)]
     pub cache: Option<CacheStats>,
+    #[serde(default)]
+    pub lifecycle: Option<LifecycleStats>,
+}
+
+/// The cache's housekeeping: disk room, evictions, prunes, the most used models.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LifecycleStats {
+    /// Bytes available on the cache's filesystem.
+    pub free_bytes: u64,
+    /// `[cache] min_free`.
+    pub min_free: u64,
+    /// Bytes held by fills in progress (included in the cache's `usage_bytes`).
+    pub partial_bytes: u64,
+    /// Models found in the directory rather than fetched (never evicted unless `evict_local`).
+    pub local_models: u64,
+    /// Eviction runs that removed something, the models they removed and the bytes freed.
+    pub evictions: u64,
+    pub evicted_models: u64,
+    pub evicted_bytes: u64,
+    /// `lancachectl prune` runs (dry runs not counted), models removed, bytes freed.
+    pub prunes: u64,
+    pub pruned_models: u64,
+    pub pruned_bytes: u64,
+    /// Fills refused because no room could be made.
+    pub no_space: u64,
+    /// Unreferenced blobs waiting for their last reader before removal.
+    pub deferred_blobs: u64,
+    /// The start-up scan of the directory is still running.
+    pub indexing: bool,
+    /// The most requested models (manifest requests), most first.
+    pub top_models: Vec<ModelUse>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ModelUse {
+    pub name: String,
+    pub hits: u64,
+    /// Seconds since the Unix epoch.
+    pub last_used: u64,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
