@@ -29,6 +29,8 @@ pub struct State {
     pub layout: Layout,
     /// Blobs in use, which prune and eviction must leave alone.
     pub pins: Pins,
+    /// The cache's CA and the leaf certificates in force (HTTPS, `/ca.crt`, `lancachectl ca`).
+    pub tls: crate::tls::TlsState,
 }
 
 impl State {
@@ -46,6 +48,7 @@ impl State {
             counters: Counters::default(),
             layout,
             pins: Pins::default(),
+            tls: Default::default(),
         })
     }
 

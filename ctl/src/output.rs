@@ -108,6 +108,24 @@ pub fn human(resp: &Response, ca_path: bool) -> String {
                     d.intercepted, d.forwarded, d.refused, d.failed
                 );
             }
+            if let Some(t) = &s.tls {
+                let _ = writeln!(
+                    o,
+                    "tls: {} handshakes, {} failed, {} timed out, {} unknown SNI, {} without SNI",
+                    t.handshakes,
+                    t.handshake_failures,
+                    t.handshake_timeouts,
+                    t.unknown_sni,
+                    t.no_sni
+                );
+                if !t.uncovered.is_empty() {
+                    let _ = writeln!(
+                        o,
+                        "     not covered by the CA's name constraints (rotate the CA): {}",
+                        t.uncovered.join(", ")
+                    );
+                }
+            }
             let _ = writeln!(
                 o,
                 "control: {} requests, {} refused, {} bad frames",

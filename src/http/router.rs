@@ -10,6 +10,7 @@ use std::sync::Arc;
 use super::body::{self, Body};
 use super::Peer;
 use crate::state::State;
+use crate::tls::setup::Script;
 
 pub async fn route(req: Request<Incoming>, peer: Peer, state: Arc<State>) -> Response<Body> {
     crate::state::Counters::bump(&state.counters.http_requests);
@@ -22,10 +23,17 @@ pub async fn route(req: Request<Incoming>, peer: Peer, state: Arc<State>) -> Res
     resp
 }
 
-async fn dispatch(req: Request<Incoming>, _peer: Peer, state: &Arc<State>) -> Response<Body> {
+async fn dispatch(req: Request<Incoming>, peer: Peer, state: &Arc<State>) -> Response<Body> {
     let path = req.uri().path();
     match (req.method(), path) {
         (&Method::GET | &Method::HEAD, "/health") => health(state),
+        (&Method::GET | &Method::HEAD, "/ca.crt") => crate::tls::setup::ca_crt(state),
+        (&Method::GET | &Method::HEAD, "/setup.sh") => {
+            crate::tls::setup::script(Script::Sh, req.headers(), peer, state)
+        }
+        (&Method::GET | &Method::HEAD, "/setup.ps1") => {
+            crate::tls::setup::script(Script::Ps1, req.headers(), peer, state)
+        }
         (&Method::GET | &Method::HEAD, _) => {
             body::text(StatusCode::NOT_FOUND, format!("no such resource: {path}"))
         }
