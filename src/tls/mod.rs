@@ -38,22 +38,25 @@ const RENEW_CHECK: Duration = Duration::from_secs(3600);
 /// After a failed issuance, try again this soon.
 const RETRY_AFTER: Duration = Duration::from_secs(60);
 
+/// Loads (or creates) the CA and issues the leaves. The daemon calls this before READY=1, so
+/// the CA exists on disk and handshakes succeed from the first connection; a CA directory that
+/// cannot be used stops the start with an error naming it.
+pub fn prepare(state: &State) -> Result<()> {
+    let config = state.config();
+    state
+        .tls
+        .refresh(&config)
+        .with_context(|| format!("tls.ca_dir {}", config.tls.ca_dir.display()))?;
+    Ok(())
+}
+
 pub async fn run(
     listeners: Vec<std::net::TcpListener>,
     state: Arc<State>,
     cancel: CancellationToken,
 ) -> Result<()> {
-    // Load (or create) the CA and issue the leaves before accepting anything: a bad CA
-    // directory fails this subsystem with a clear error, retried by the supervisor.
-    let config = state.config();
-    let created = state
-        .tls
-        .refresh(&config)
-        .with_context(|| format!("tls.ca_dir {}", config.tls.ca_dir.display()))?;
-    if !created {
-        // A restart of this subsystem: leaves from the previous run may still be current.
-        tracing::debug!("reusing the leaf certificates in force");
-    }
+    // Normally done already by `prepare`, and then a no-op (the leaves in force are current).
+    prepare(&state)?;
 
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut server = rustls::ServerConfig::builder_with_provider(provider)
