@@ -20,6 +20,9 @@ pub struct TlsState {
     /// The CA and the directory it came from (`tls.ca_dir` needs a restart to change).
     ca: Mutex<Option<Arc<Ca>>>,
     leaves: ArcSwapOption<Leaves>,
+    /// Serialises issuance, so a renewal racing a rotation cannot install leaves signed by the
+    /// CA that was just replaced.
+    issuing: Mutex<()>,
     pub counters: TlsCounters,
 }
 
@@ -59,6 +62,7 @@ impl TlsState {
     /// Replaces the CA with a new one (constrained to today's names) and re-issues the leaves,
     /// so the next handshake already uses the new chain.
     pub fn rotate(&self, config: &Config) -> Result<Arc<Ca>> {
+        let _issuing = self.issuing.lock().unwrap_or_else(|p| p.into_inner());
         let mut slot = self.ca.lock().unwrap_or_else(|p| p.into_inner());
         let dir = slot
             .as_ref()
@@ -87,6 +91,7 @@ impl TlsState {
     /// Issues leaves when none exist, the names changed, the CA changed, or renewal is due.
     /// Returns whether new leaves were put in force.
     pub fn refresh(&self, config: &Config) -> Result<bool> {
+        let _issuing = self.issuing.lock().unwrap_or_else(|p| p.into_inner());
         let ca = self.ca(config)?;
         let names = NameSet::from_config(config);
         let reason = match self.leaves.load_full() {
