@@ -133,6 +133,11 @@ async fn run_async(config: Config, source: ConfigSource, listeners: Listeners) -
             .collect();
         state.health.register(sub.name, mine);
     }
+    // Handlers first: once a subsystem serves, a client may see it up and send SIGTERM at once,
+    // which must drain and exit 0 rather than kill the process with the default action.
+    let mut sigterm = signal(SignalKind::terminate())?;
+    let mut sigint = signal(SignalKind::interrupt())?;
+    let mut sighup = signal(SignalKind::hangup())?;
     let cancel = CancellationToken::new();
     let mut tasks = JoinSet::new();
     for sub in subs {
@@ -140,9 +145,6 @@ async fn run_async(config: Config, source: ConfigSource, listeners: Listeners) -
         tasks.spawn(supervise(sub, first, state.clone(), cancel.clone()));
     }
 
-    let mut sigterm = signal(SignalKind::terminate())?;
-    let mut sigint = signal(SignalKind::interrupt())?;
-    let mut sighup = signal(SignalKind::hangup())?;
     let watchdog = notify::watchdog_interval();
     // Half the interval, as sd_watchdog_enabled(3) recommends; without a watchdog the timer
     // still ticks (harmlessly) so the select below stays uniform.
