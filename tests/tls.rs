@@ -17,7 +17,9 @@
 //!   (Debian and Fedora layouts), refuses a CA with the wrong fingerprint, `--uninstall` removes
 //!   it; a hostile Host header never reaches the script; `/setup.ps1` is filled the same way;
 //! - the real Ollama client trusts the CA via SSL_CERT_FILE (Go enforces name constraints) and
-//!   fails with an x509 error without it.
+//!   fails with an x509 error without it;
+//! - `/setup.ps1` parses (tree-sitter PowerShell grammar; no pwsh here);
+//! - a client that never sends a ClientHello is dropped after the 10 s handshake timeout.
 
 use crate::util::daemon::Activate;
 use crate::util::{require_program, Daemon};
@@ -607,4 +609,87 @@ fn real_ollama_client_trusts_the_ca() {
         out.contains("x509: certificate signed by unknown authority"),
         "{out}"
     );
+}
+
+/// Syntax-checks PowerShell with the tree-sitter grammar (PyPI `tree-sitter-powershell`, from
+/// scripts/test-deps.sh); there is no pwsh to run it. Returns None when the grammar is missing
+/// and skipping is allowed.
+fn powershell_syntax_ok(script: &str) -> Option<bool> {
+    let check = r#"
+import sys, tree_sitter, tree_sitter_powershell as tsp
+parser = tree_sitter.Parser(tree_sitter.Language(tsp.language()))
+tree = parser.parse(sys.stdin.buffer.read())
+def first_error(n):
+    if n.type == "ERROR" or n.is_missing:
+        return n
+    for c in n.children:
+        e = first_error(c)
+        if e is not None:
+            return e
+e = first_error(tree.root_node)
+if e is not None:
+    print("syntax error at line", e.start_point[0] + 1, "column", e.start_point[1] + 1)
+    sys.exit(1)
+"#;
+    let probe = Command::new("python3")
+        .args(["-c", "import tree_sitter, tree_sitter_powershell"])
+        .output()
+        .unwrap();
+    if !probe.status.success() {
+        if std::env::var("LANCACHE_ALLOW_SKIP").as_deref() == Ok("1") {
+            eprintln!("SKIP: tree-sitter-powershell is not installed");
+            return None;
+        }
+        panic!("tree-sitter-powershell is not installed: run scripts/test-deps.sh (or set LANCACHE_ALLOW_SKIP=1)");
+    }
+    let mut child = Command::new("python3")
+        .args(["-c", check])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(script.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    if !out.status.success() {
+        eprintln!("{}", String::from_utf8_lossy(&out.stdout));
+    }
+    Some(out.status.success())
+}
+
+#[test]
+fn setup_ps1_parses() {
+    let d = https_daemon("");
+    let (status, _, served) = http_get(&d, "/setup.ps1");
+    assert_eq!(status, 200);
+    let Some(ok) = powershell_syntax_ok(&served) else {
+        return;
+    };
+    assert!(ok, "served setup.ps1 has a syntax error");
+    // The checker does catch errors.
+    assert_eq!(powershell_syntax_ok("if ($x { Write-Host }}"), Some(false));
+    assert!(served.contains(&format!("'{}'", fingerprint(&d))));
+}
+
+#[test]
+fn silent_client_is_dropped_after_handshake_timeout() {
+    let d = https_daemon("");
+    let mut s = std::net::TcpStream::connect(d.https.unwrap()).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    let start = Instant::now();
+    let mut buf = [0u8; 16];
+    // Sends nothing: the server gives up on the handshake and closes.
+    let n = s.read(&mut buf).unwrap_or(0);
+    let waited = start.elapsed();
+    assert_eq!(n, 0, "closed without a byte");
+    assert!(
+        waited >= Duration::from_secs(9) && waited < Duration::from_secs(18),
+        "{waited:?}"
+    );
+    let stats = d.ctl_json(&["stats"]);
+    assert_eq!(stats["tls"]["handshake_timeouts"], 1, "{stats}");
 }

@@ -91,6 +91,11 @@ impl TlsState {
     /// Issues leaves when none exist, the names changed, the CA changed, or renewal is due.
     /// Returns whether new leaves were put in force.
     pub fn refresh(&self, config: &Config) -> Result<bool> {
+        self.refresh_at(config, std::time::SystemTime::now())
+    }
+
+    /// [`refresh`](Self::refresh) as if the time were `now` (tests of renewal).
+    pub fn refresh_at(&self, config: &Config, now: std::time::SystemTime) -> Result<bool> {
         let _issuing = self.issuing.lock().unwrap_or_else(|p| p.into_inner());
         let ca = self.ca(config)?;
         let names = NameSet::from_config(config);
@@ -101,9 +106,7 @@ impl TlsState {
                 let added = names.added_since(&cur.names);
                 format!("the names changed (added: {added:?})")
             }
-            Some(cur) if std::time::SystemTime::now() >= cur.renew_at() => {
-                "renewal is due".to_string()
-            }
+            Some(cur) if now >= cur.renew_at() => "renewal is due".to_string(),
             Some(_) => return Ok(false),
         };
         let leaves = Leaves::issue(ca, names)?;
@@ -157,5 +160,43 @@ impl TlsState {
                 .map(|l| l.not_after.unix_timestamp().max(0) as u64),
             uncovered: leaves.map(|l| l.uncovered.clone()).unwrap_or_default(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::{Duration, SystemTime};
+
+    #[test]
+    fn refresh_issues_once_renews_when_due_and_follows_names() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut config = Config::default();
+        config.tls.ca_dir = tmp.path().join("ca");
+        let tls = TlsState::default();
+        let now = SystemTime::now();
+        assert!(tls.refresh_at(&config, now).unwrap(), "first issue");
+        let first = tls.leaves().unwrap();
+        assert!(!tls.refresh_at(&config, now).unwrap(), "nothing changed");
+        // 19 days on: still 11 days left, not yet due.
+        let day = Duration::from_secs(86400);
+        assert!(!tls.refresh_at(&config, now + 19 * day).unwrap());
+        // 21 days on: fewer than 10 days left, renewed.
+        assert!(tls.refresh_at(&config, now + 21 * day).unwrap());
+        let renewed = tls.leaves().unwrap();
+        assert!(!Arc::ptr_eq(&first, &renewed));
+        assert!(Arc::ptr_eq(&first.ca, &renewed.ca), "same CA");
+        // A new name: re-issued, and reported as outside the CA's constraints.
+        config.dns.intercept = vec![crate::config::NamePattern("hf.co".into())];
+        assert!(tls.refresh_at(&config, now).unwrap());
+        assert_eq!(tls.stats().uncovered, vec!["hf.co".to_string()]);
+        // Rotation constrains the new CA to today's names and replaces the leaves at once.
+        let old_ca = tls.ca(&config).unwrap();
+        let new_ca = tls.rotate(&config).unwrap();
+        assert_ne!(old_ca.fingerprint, new_ca.fingerprint);
+        let leaves = tls.leaves().unwrap();
+        assert!(Arc::ptr_eq(&leaves.ca, &new_ca));
+        assert!(leaves.uncovered.is_empty());
+        assert!(!tls.refresh_at(&config, now).unwrap());
     }
 }
