@@ -11,8 +11,9 @@
 # downloaded CA is installed only if its fingerprint matches. Running it twice changes nothing.
 #
 # Environment (for tests and packagers): LANCACHE_SETUP_ROOT=DIR installs below DIR instead of
-# / and skips refreshing the system store and restarting services; LANCACHE_SETUP_OS=debian|
-# fedora|macos skips detection.
+# / and restarts no service; the store is refreshed only in a Debian-like DIR (one with
+# etc/ca-certificates.conf), by the real update-ca-certificates pointed at DIR's directories.
+# LANCACHE_SETUP_OS=debian|fedora|arch|macos skips detection.
 set -eu
 
 DEFAULT_URL='@@LANCACHE_URL@@'
@@ -26,7 +27,8 @@ usage() {
 Usage: setup.sh [--uninstall] [--url URL] [--sha256 HEX]
 
 Installs the lancache CA into the system trust store (Debian/Ubuntu: update-ca-certificates;
-Fedora/RHEL: update-ca-trust; macOS: the System keychain) and restarts the ollama service.
+Fedora/RHEL and Arch: update-ca-trust; macOS: the System keychain) and restarts the ollama
+service.
 
   --uninstall    remove the CA from the system trust store
   --url URL      the cache's base URL (default: ${DEFAULT_URL})
@@ -80,8 +82,10 @@ detect_os() {
 		echo "$LANCACHE_SETUP_OS"
 	elif [ "$(uname -s)" = Darwin ]; then
 		echo macos
-	elif [ -d "$ROOT/etc/pki/ca-trust/source/anchors" ] || command -v update-ca-trust >/dev/null 2>&1; then
+	elif [ -d "$ROOT/etc/pki/ca-trust/source/anchors" ]; then
 		echo fedora
+	elif [ -d "$ROOT/etc/ca-certificates/trust-source/anchors" ]; then
+		echo arch
 	elif [ -d "$ROOT/usr/local/share/ca-certificates" ] || command -v update-ca-certificates >/dev/null 2>&1; then
 		echo debian
 	else
@@ -177,7 +181,24 @@ refresh_store() {
 	"$@" >/dev/null || die "$* failed"
 }
 
-# Installs or removes $tmp as the file $1, then refreshes the store with the rest of the args.
+debian_refresh() {
+	# --fresh after a removal: a plain run leaves the old symlink in /etc/ssl/certs behind.
+	fresh=""
+	[ "$action" = uninstall ] && fresh=--fresh
+	if [ -n "$ROOT" ] && [ -f "$ROOT/etc/ca-certificates.conf" ]; then
+		# A test root laid out like Debian's: the real tool, pointed at the root's directories.
+		update-ca-certificates $fresh --certsconf "$ROOT/etc/ca-certificates.conf" \
+			--certsdir "$ROOT/usr/share/ca-certificates" \
+			--localcertsdir "$ROOT/usr/local/share/ca-certificates" \
+			--etccertsdir "$ROOT/etc/ssl/certs" \
+			--hooksdir "$ROOT/etc/ca-certificates/update.d" >/dev/null ||
+			die "update-ca-certificates failed"
+		return 0
+	fi
+	refresh_store update-ca-certificates $fresh
+}
+
+# Installs or removes $tmp as the file $1, then runs the rest of the args (the store's refresh).
 file_store() {
 	dest=$1
 	shift
@@ -201,7 +222,7 @@ file_store() {
 		changed=0
 	fi
 	# Always refresh: cheap, and repairs a store whose last refresh was interrupted.
-	refresh_store "$@"
+	"$@"
 }
 
 macos_hashes() {
@@ -236,10 +257,13 @@ os=$(detect_os)
 [ "$action" = install ] && download_ca
 case $os in
 debian)
-	file_store "$ROOT/usr/local/share/ca-certificates/$NAME.crt" update-ca-certificates
+	file_store "$ROOT/usr/local/share/ca-certificates/$NAME.crt" debian_refresh
 	;;
 fedora)
-	file_store "$ROOT/etc/pki/ca-trust/source/anchors/$NAME.crt" update-ca-trust extract
+	file_store "$ROOT/etc/pki/ca-trust/source/anchors/$NAME.crt" refresh_store update-ca-trust extract
+	;;
+arch)
+	file_store "$ROOT/etc/ca-certificates/trust-source/anchors/$NAME.crt" refresh_store update-ca-trust extract
 	;;
 macos)
 	[ -z "$ROOT" ] || die "LANCACHE_SETUP_ROOT is not supported for macOS"

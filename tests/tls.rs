@@ -14,8 +14,10 @@
 //!   unconstrained one (`name_constraints = false`) does at once;
 //! - `/ca.crt` equals `lancachectl ca`; `/setup.sh` is filled with the cache's URL and the CA
 //!   fingerprint, passes `sh -n` and shellcheck, installs the CA into a fake root idempotently
-//!   (Debian and Fedora layouts), refuses a CA with the wrong fingerprint, `--uninstall` removes
-//!   it; a hostile Host header never reaches the script; `/setup.ps1` is filled the same way;
+//!   (Debian, Fedora and Arch layouts), refuses a CA with the wrong fingerprint, `--uninstall` removes
+//!   it; with a Debian-like fake root the real update-ca-certificates puts the CA into that
+//!   root's bundle (curl then verifies the cache with it) and takes it out on --uninstall; a
+//!   hostile Host header never reaches the script; `/setup.ps1` is filled the same way;
 //! - the real Ollama client trusts the CA via SSL_CERT_FILE (Go enforces name constraints) and
 //!   fails with an x509 error without it;
 //! - `/setup.ps1` parses (tree-sitter PowerShell grammar; no pwsh here);
@@ -412,6 +414,10 @@ fn setup_sh_is_filled_checked_and_installs_idempotently() {
     for (os, dest) in [
         ("debian", "usr/local/share/ca-certificates/lancache-ca.crt"),
         ("fedora", "etc/pki/ca-trust/source/anchors/lancache-ca.crt"),
+        (
+            "arch",
+            "etc/ca-certificates/trust-source/anchors/lancache-ca.crt",
+        ),
     ] {
         let root = tempfile::tempdir().unwrap();
         let installed = root.path().join(dest);
@@ -692,4 +698,68 @@ fn silent_client_is_dropped_after_handshake_timeout() {
     );
     let stats = d.ctl_json(&["stats"]);
     assert_eq!(stats["tls"]["handshake_timeouts"], 1, "{stats}");
+}
+
+/// The real `update-ca-certificates`, run by setup.sh against a Debian-like fake root, puts the
+/// CA into that root's bundle (which then verifies the cache) and takes it out again.
+#[test]
+fn setup_sh_with_real_update_ca_certificates() {
+    if !require_program("update-ca-certificates") || !require_program("curl") {
+        return;
+    }
+    let d = https_daemon("");
+    let (_, _, script) = http_get(&d, "/setup.sh");
+    let path = d.dir.join("setup.sh");
+    std::fs::write(&path, &script).unwrap();
+    // A fake Debian root holding one "system" CA (the real package's first certificate).
+    let root = tempfile::tempdir().unwrap();
+    let r = root.path();
+    let mozilla = Path::new("/usr/share/ca-certificates/mozilla");
+    let system = std::fs::read_dir(mozilla)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().to_string())
+        .filter(|n| n.ends_with(".crt"))
+        .min()
+        .expect("Debian's ca-certificates is installed");
+    for dir in [
+        "etc/ssl/certs",
+        "usr/share/ca-certificates/mozilla",
+        "etc/ca-certificates/update.d",
+    ] {
+        std::fs::create_dir_all(r.join(dir)).unwrap();
+    }
+    std::fs::copy(
+        mozilla.join(&system),
+        r.join("usr/share/ca-certificates/mozilla").join(&system),
+    )
+    .unwrap();
+    std::fs::write(
+        r.join("etc/ca-certificates.conf"),
+        format!("mozilla/{system}\n"),
+    )
+    .unwrap();
+    let bundle = r.join("etc/ssl/certs/ca-certificates.crt");
+    let ours = std::fs::read_to_string(ca_path(&d)).unwrap();
+    let count = |s: &str| s.matches("BEGIN CERTIFICATE").count();
+
+    let out = run_setup(&path, r, "debian", &[]);
+    assert!(out.status.success(), "{}", text(&out));
+    let b = std::fs::read_to_string(&bundle).unwrap();
+    assert!(b.contains(ours.trim()), "our CA is in the bundle");
+    assert_eq!(count(&b), 2);
+    assert!(r.join("etc/ssl/certs/lancache-ca.pem").exists());
+    let ok = curl_https(&d, "registry.ollama.ai", Some(&bundle), &[]);
+    assert!(ok.status.success(), "{}", text(&ok));
+    // Again: nothing changes.
+    assert!(run_setup(&path, r, "debian", &[]).status.success());
+    assert_eq!(std::fs::read_to_string(&bundle).unwrap(), b);
+
+    let out = run_setup(&path, r, "debian", &["--uninstall"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let b = std::fs::read_to_string(&bundle).unwrap();
+    assert!(!b.contains(ours.trim()), "our CA left the bundle");
+    assert_eq!(count(&b), 1);
+    assert!(!r.join("etc/ssl/certs/lancache-ca.pem").exists());
+    let refused = curl_https(&d, "registry.ollama.ai", Some(&bundle), &[]);
+    assert_eq!(refused.status.code(), Some(60), "{}", text(&refused));
 }
