@@ -21,7 +21,10 @@
 //! - the real Ollama client trusts the CA via SSL_CERT_FILE (Go enforces name constraints) and
 //!   fails with an x509 error without it;
 //! - `/setup.ps1` parses (tree-sitter PowerShell grammar; no pwsh here);
-//! - a client that never sends a ClientHello is dropped after the 10 s handshake timeout.
+//! - a client that never sends a ClientHello is dropped after the 10 s handshake timeout;
+//! - an unusable `ca_dir` stops a daemon with HTTPS (error names key and path) and makes
+//!   `/ca.crt` 503 and `lancachectl ca` fail with the path otherwise;
+//! - SIGTERM with an idle TLS connection open drains and exits 0.
 
 use crate::util::daemon::Activate;
 use crate::util::{require_program, Daemon};
@@ -762,4 +765,65 @@ fn setup_sh_with_real_update_ca_certificates() {
     assert!(!r.join("etc/ssl/certs/lancache-ca.pem").exists());
     let refused = curl_https(&d, "registry.ollama.ai", Some(&bundle), &[]);
     assert_eq!(refused.status.code(), Some(60), "{}", text(&refused));
+}
+
+#[test]
+fn unusable_ca_dir_is_a_clear_error() {
+    // HTTPS on: the daemon refuses to start, naming the key and the path.
+    let mut d = Daemon::builder()
+        .activate(Activate {
+            https: true,
+            ..Default::default()
+        })
+        .config("[tls]\nca_dir = \"/dev/null/ca\"\n")
+        .spawn();
+    let status = d.wait_exit(Duration::from_secs(10)).expect("exits");
+    assert!(!status.success());
+    let err = d.stderr();
+    assert!(
+        err.contains("tls.ca_dir") && err.contains("/dev/null/ca"),
+        "{err}"
+    );
+    // HTTPS off: the daemon runs; /ca.crt and `lancachectl ca` say what is wrong.
+    let d = Daemon::builder()
+        .config("[tls]\nca_dir = \"/dev/null/ca\"\n")
+        .start();
+    let (status, _, body) = http_get(&d, "/ca.crt");
+    assert_eq!(status, 503);
+    assert!(body.contains("/dev/null/ca"), "{body}");
+    let out = d.ctl(&["ca"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(text(&out).contains("/dev/null/ca"), "{}", text(&out));
+}
+
+#[test]
+fn sigterm_with_open_tls_connection_exits_cleanly() {
+    if !require_program("openssl") {
+        return;
+    }
+    let mut d = https_daemon("");
+    // An established TLS connection, idle (openssl waits on its stdin).
+    let mut client = Command::new("openssl")
+        .args(["s_client", "-quiet", "-connect"])
+        .arg(d.https.unwrap().to_string())
+        .args(["-servername", "registry.ollama.ai", "-CAfile"])
+        .arg(ca_path(&d))
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_for("the handshake", || {
+        d.ctl_json(&["stats"])["tls"]["handshakes"].as_u64() == Some(1)
+    });
+    let start = Instant::now();
+    let status = d.stop(Duration::from_secs(25)).expect("exits");
+    assert!(status.success(), "{status:?}\n{}", d.stderr());
+    assert!(
+        start.elapsed() < Duration::from_secs(21),
+        "{:?}",
+        start.elapsed()
+    );
+    let _ = client.kill();
+    let _ = client.wait();
 }
