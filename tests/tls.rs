@@ -24,7 +24,9 @@
 //! - a client that never sends a ClientHello is dropped after the 10 s handshake timeout;
 //! - an unusable `ca_dir` stops a daemon with HTTPS (error names key and path) and makes
 //!   `/ca.crt` 503 and `lancachectl ca` fail with the path otherwise;
-//! - SIGTERM with an idle TLS connection open drains and exits 0.
+//! - SIGTERM with an idle TLS connection open drains and exits 0;
+//! - with `dns.advertise`, a client connecting by IP (no SNI) gets a leaf with that IP SAN, and
+//!   the CA permits exactly that address (OpenSSL verifies it).
 
 use crate::util::daemon::Activate;
 use crate::util::{require_program, Daemon};
@@ -826,4 +828,26 @@ fn sigterm_with_open_tls_connection_exits_cleanly() {
     );
     let _ = client.kill();
     let _ = client.wait();
+}
+
+#[test]
+fn clients_by_ip_get_the_address_leaf() {
+    if !require_program("curl") || !require_program("openssl") {
+        return;
+    }
+    // dns.advertise is the cache's own address: a leaf with it as IP SAN answers clients that
+    // connect by address (they send no SNI), and the CA's constraints permit exactly it.
+    let d = https_daemon("[dns]\nadvertise = [\"127.0.0.1\"]\n");
+    let ca = x509_text(&std::fs::read_to_string(ca_path(&d)).unwrap());
+    assert!(ca.contains("IP:127.0.0.1/255.255.255.255"), "{ca}");
+    assert!(!ca.contains("Excluded"), "{ca}");
+    let port = d.https.unwrap().port();
+    let out = Command::new("curl")
+        .args(["-sS", "--max-time", "10", "--cacert"])
+        .arg(ca_path(&d))
+        .arg(format!("https://127.0.0.1:{port}/health"))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(d.ctl_json(&["stats"])["tls"]["no_sni"], 0);
 }

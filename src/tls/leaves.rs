@@ -146,12 +146,11 @@ impl Leaves {
         let mut params = CertificateParams::default();
         let mut dn = DistinguishedName::new();
         dn.push(DnType::OrganizationName, "lancache");
-        let cn = dns
-            .first()
-            .cloned()
-            .or_else(|| ips.first().map(|ip| ip.to_string()))
-            .unwrap_or_default();
-        dn.push(DnType::CommonName, cn);
+        // No CN on the address leaf: OpenSSL checks a CN that looks like a host name (and
+        // "10.0.0.5" does) against the CA's DNS name constraints when a leaf has no DNS SAN.
+        if let Some(first) = dns.first() {
+            dn.push(DnType::CommonName, first.clone());
+        }
         params.distinguished_name = dn;
         for name in dns {
             let ia5 = name
