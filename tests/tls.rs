@@ -26,7 +26,10 @@
 //!   `/ca.crt` 503 and `lancachectl ca` fail with the path otherwise;
 //! - SIGTERM with an idle TLS connection open drains and exits 0;
 //! - with `dns.advertise`, a client connecting by IP (no SNI) gets a leaf with that IP SAN, and
-//!   the CA permits exactly that address (OpenSSL verifies it).
+//!   the CA permits exactly that address (OpenSSL verifies it);
+//! - the LAN set-up: a client in its own network namespace, resolv.conf pointing at the cache,
+//!   the real Ollama client pulling `registry.ollama.ai/library/tiny` (default port, no
+//!   `--insecure`) reaches the cache over verified TLS; without the CA it gets an x509 error.
 
 use crate::util::daemon::Activate;
 use crate::util::{require_program, Daemon};
@@ -850,4 +853,176 @@ fn clients_by_ip_get_the_address_leaf() {
         .unwrap();
     assert!(out.status.success(), "{}", text(&out));
     assert_eq!(d.ctl_json(&["stats"])["tls"]["no_sni"], 0);
+}
+
+/// A "LAN client" network namespace joined to the root namespace by a veth pair, with its own
+/// resolv.conf; removed (with its veth, its /etc/netns entry and its processes) on drop.
+struct LanClient {
+    ns: String,
+    /// The cache's address as the client sees it (the root side of the veth).
+    cache_ip: String,
+    children: Vec<std::process::Child>,
+}
+
+impl LanClient {
+    fn new() -> LanClient {
+        let id = std::process::id() % 60000;
+        let ns = format!("lc-lan-{id}");
+        let (host_if, ns_if) = (format!("lcv{id}a"), format!("lcv{id}b"));
+        let (a, b) = ((id / 64) % 250 + 1, (id % 64) * 4);
+        let cache_ip = format!("10.213.{a}.{}", b + 1);
+        let client_ip = format!("10.213.{a}.{}", b + 2);
+        let sh = |cmd: &str| {
+            let out = Command::new("sh").arg("-c").arg(cmd).output().unwrap();
+            assert!(out.status.success(), "{cmd}: {}", text(&out));
+        };
+        let _ = Command::new("ip").args(["netns", "del", &ns]).output();
+        sh(&format!("ip netns add {ns}"));
+        let client = LanClient {
+            ns: ns.clone(),
+            cache_ip: cache_ip.clone(),
+            children: vec![],
+        };
+        sh(&format!(
+            "ip link add {host_if} type veth peer name {ns_if} netns {ns} && \
+             ip addr add {cache_ip}/30 dev {host_if} && ip link set {host_if} up && \
+             ip -n {ns} addr add {client_ip}/30 dev {ns_if} && ip -n {ns} link set {ns_if} up && \
+             ip -n {ns} link set lo up && ip -n {ns} route add default via {cache_ip}"
+        ));
+        std::fs::create_dir_all(format!("/etc/netns/{ns}")).unwrap();
+        std::fs::write(
+            format!("/etc/netns/{ns}/resolv.conf"),
+            format!("nameserver {cache_ip}\n"),
+        )
+        .unwrap();
+        client
+    }
+
+    /// Runs `cmd` inside the namespace with `env`, returning its output.
+    fn run(&self, env: &[(&str, &Path)], cmd: &[&str]) -> Output {
+        let mut c = Command::new("ip");
+        c.args(["netns", "exec", &self.ns]).args(cmd);
+        for (k, v) in env {
+            c.env(k, v);
+        }
+        c.output().unwrap()
+    }
+}
+
+impl Drop for LanClient {
+    fn drop(&mut self) {
+        for c in &mut self.children {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        let _ = Command::new("ip").args(["netns", "del", &self.ns]).output();
+        let _ = std::fs::remove_dir_all(format!("/etc/netns/{}", self.ns));
+    }
+}
+
+/// The LAN set-up of issue 5's end-to-end proof, as far as it exists without the registry proxy
+/// (issue 3) and the DNS interceptor (issue 4): a client in its own network namespace, whose
+/// resolv.conf points at the cache's address, runs the real Ollama client with
+/// `SSL_CERT_FILE` = system bundle + our CA and pulls `registry.ollama.ai/library/tiny` with no
+/// port and no `--insecure`: DNS (dnsmasq standing in for lancached's interceptor) sends it to the
+/// cache's 443, TLS verifies, and the cache's router answers (404: no proxy yet). Without the CA
+/// the same pull fails with a certificate error. docs/tls.md lists what the full proof adds.
+#[test]
+fn lan_client_in_a_namespace_reaches_the_cache_over_verified_tls() {
+    for p in ["ip", "dnsmasq", "curl"] {
+        if !require_program(p) {
+            return;
+        }
+    }
+    let Some(ollama) = ollama_bin() else {
+        return;
+    };
+    let mut lan = LanClient::new();
+    let ip = lan.cache_ip.clone();
+    // The cache listens on the LAN address, default ports (what an unmodified client uses).
+    let d = Daemon::builder()
+        .activate(Activate {
+            dns: false,
+            http: false,
+            https: false,
+            // Nothing socket-activated, so the daemon binds the listen addresses itself.
+            control: false,
+        })
+        .config(&format!(
+            "[tls]\nlisten = [\"{ip}:443\"]\n[http]\nlisten = [\"{ip}:80\"]\n[dns]\nadvertise = [\"{ip}\"]\n"
+        ))
+        .start();
+    // Stand-in for lancached's DNS interceptor: registry.ollama.ai -> the cache.
+    lan.children.push(
+        Command::new("dnsmasq")
+            .args([
+                "--no-daemon",
+                "--no-resolv",
+                "--no-hosts",
+                "--bind-interfaces",
+                "--except-interface=lo",
+                "--port=53",
+            ])
+            .arg(format!("--listen-address={ip}"))
+            .arg(format!("--address=/registry.ollama.ai/{ip}"))
+            .arg(format!(
+                "--pid-file={}",
+                d.dir.join("dnsmasq.pid").display()
+            ))
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let work = tempfile::tempdir().unwrap();
+    let bundle = work.path().join("bundle.pem");
+    let system = Path::new("/etc/ssl/certs/ca-certificates.crt");
+    let mut pem = std::fs::read(system).unwrap_or_default();
+    pem.extend(std::fs::read(ca_path(&d)).unwrap());
+    std::fs::write(&bundle, pem).unwrap();
+    wait_for("dnsmasq", || {
+        lan.run(&[], &["sh", "-c", "getent hosts registry.ollama.ai"])
+            .status
+            .success()
+    });
+
+    let pull = |certs: &Path| -> String {
+        let models = tempfile::tempdir().unwrap();
+        let script = r#"set -e
+"$OLLAMA" serve >"$MODELS/serve.log" 2>&1 &
+pid=$!
+trap 'kill $pid; wait $pid 2>/dev/null || true' EXIT
+i=0
+until curl -fsS http://127.0.0.1:11434/ >/dev/null 2>&1; do
+  i=$((i+1)); [ $i -lt 200 ] || { echo "ollama serve did not start"; exit 99; }; sleep 0.1
+done
+"$OLLAMA" pull registry.ollama.ai/library/tiny
+"#;
+        let out = lan.run(
+            &[
+                ("OLLAMA", &ollama),
+                ("MODELS", models.path()),
+                ("OLLAMA_MODELS", models.path()),
+                ("HOME", models.path()),
+                ("SSL_CERT_FILE", certs),
+            ],
+            &["timeout", "120", "sh", "-c", script],
+        );
+        text(&out)
+    };
+    let trusted = pull(&bundle);
+    eprintln!("with the CA: {trusted}");
+    assert!(
+        !trusted.contains("x509") && !trusted.contains("tls:"),
+        "TLS must verify: {trusted}"
+    );
+    assert!(trusted.contains("file does not exist"), "{trusted}");
+    let stats = d.ctl_json(&["stats"]);
+    assert!(stats["tls"]["handshakes"].as_u64().unwrap() >= 1, "{stats}");
+    let untrusted = pull(system);
+    eprintln!("without the CA: {untrusted}");
+    assert!(
+        untrusted.contains("x509: certificate signed by unknown authority"),
+        "{untrusted}"
+    );
 }
