@@ -43,39 +43,6 @@ die() {
 	exit 1
 }
 
-action=install
-url=$DEFAULT_URL
-sha=$DEFAULT_SHA256
-while [ $# -gt 0 ]; do
-	case $1 in
-	--uninstall) action=uninstall ;;
-	--url)
-		[ $# -ge 2 ] || die "--url needs a value"
-		url=$2
-		shift
-		;;
-	--url=*) url=${1#--url=} ;;
-	--sha256)
-		[ $# -ge 2 ] || die "--sha256 needs a value"
-		sha=$2
-		shift
-		;;
-	--sha256=*) sha=${1#--sha256=} ;;
-	-h | --help)
-		usage
-		exit 0
-		;;
-	*)
-		usage >&2
-		die "unknown option: $1"
-		;;
-	esac
-	shift
-done
-
-if [ -z "$ROOT" ] && [ "$(id -u)" -ne 0 ]; then
-	die "run as root, e.g.: curl -fsSL ${url}/setup.sh | sudo sh"
-fi
 
 detect_os() {
 	if [ -n "${LANCACHE_SETUP_OS:-}" ]; then
@@ -253,25 +220,64 @@ macos_store() {
 	fi
 }
 
-os=$(detect_os)
-[ "$action" = install ] && download_ca
-case $os in
-debian)
-	file_store "$ROOT/usr/local/share/ca-certificates/$NAME.crt" debian_refresh
-	;;
-fedora)
-	file_store "$ROOT/etc/pki/ca-trust/source/anchors/$NAME.crt" refresh_store update-ca-trust extract
-	;;
-arch)
-	file_store "$ROOT/etc/ca-certificates/trust-source/anchors/$NAME.crt" refresh_store update-ca-trust extract
-	;;
-macos)
-	[ -z "$ROOT" ] || die "LANCACHE_SETUP_ROOT is not supported for macOS"
-	macos_store
-	;;
-*)
-	die "unknown system: add the CA (${url%/}/ca.crt) to its trust store by hand, or use 'ollama pull --insecure' with DNS only"
-	;;
-esac
-[ "$changed" = 1 ] && restart_ollama
-say "done"
+# Everything runs from here, called on the last line: a download cut short runs nothing.
+main() {
+	action=install
+	url=$DEFAULT_URL
+	sha=$DEFAULT_SHA256
+	while [ $# -gt 0 ]; do
+		case $1 in
+		--uninstall) action=uninstall ;;
+		--url)
+			[ $# -ge 2 ] || die "--url needs a value"
+			url=$2
+			shift
+			;;
+		--url=*) url=${1#--url=} ;;
+		--sha256)
+			[ $# -ge 2 ] || die "--sha256 needs a value"
+			sha=$2
+			shift
+			;;
+		--sha256=*) sha=${1#--sha256=} ;;
+		-h | --help)
+			usage
+			exit 0
+			;;
+		*)
+			usage >&2
+			die "unknown option: $1"
+			;;
+		esac
+		shift
+	done
+
+	if [ -z "$ROOT" ] && [ "$(id -u)" -ne 0 ]; then
+		die "run as root, e.g.: curl -fsSL ${url}/setup.sh | sudo sh"
+	fi
+
+	os=$(detect_os)
+	[ "$action" = install ] && download_ca
+	case $os in
+	debian)
+		file_store "$ROOT/usr/local/share/ca-certificates/$NAME.crt" debian_refresh
+		;;
+	fedora)
+		file_store "$ROOT/etc/pki/ca-trust/source/anchors/$NAME.crt" refresh_store update-ca-trust extract
+		;;
+	arch)
+		file_store "$ROOT/etc/ca-certificates/trust-source/anchors/$NAME.crt" refresh_store update-ca-trust extract
+		;;
+	macos)
+		[ -z "$ROOT" ] || die "LANCACHE_SETUP_ROOT is not supported for macOS"
+		macos_store
+		;;
+	*)
+		die "unknown system: add the CA (${url%/}/ca.crt) to its trust store by hand, or use 'ollama pull --insecure' with DNS only"
+		;;
+	esac
+	[ "$changed" = 1 ] && restart_ollama
+	say "done"
+}
+
+main "$@"
