@@ -13,7 +13,7 @@ want=(
   "lintian lintian" "rpmlint rpmlint" "rpm rpm" "ip iproute2" "setpriv util-linux"
   "systemd-socket-activate systemd" "systemd-analyze systemd" "curl curl"
   "chromium chromium" "debootstrap debootstrap" "sha256sum coreutils"
-  "shellcheck shellcheck" "dash dash" "tar tar"
+  "shellcheck shellcheck" "dash dash" "tar tar" "openssl openssl" "update-ca-certificates ca-certificates"
 )
 missing=()
 for pair in "${want[@]}"; do
@@ -41,4 +41,10 @@ if [ -x "$get_ollama" ] || [ -f "$get_ollama" ]; then
   bash "$get_ollama" >/dev/null
 else
   echo "test-deps: $get_ollama not found; end-to-end tests with the real Ollama client will fail" >&2
+fi
+
+# A PowerShell grammar (tree-sitter) to syntax-check scripts/setup.ps1: no pwsh in Debian.
+if ! python3 -c 'import tree_sitter, tree_sitter_powershell' >/dev/null 2>&1; then
+  echo "test-deps: installing tree-sitter-powershell (PyPI)" >&2
+  python3 -m pip install -q --disable-pip-version-check "tree-sitter==0.26.*" "tree-sitter-powershell==0.26.*" >/dev/null
 fi

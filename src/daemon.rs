@@ -91,6 +91,7 @@ fn subsystems(listeners: Listeners) -> Vec<Subsystem> {
         subs.push(Subsystem {
             name: "https",
             start: Box::new(move |state, cancel| {
+                crate::tls::prepare(&state)?;
                 Ok(Box::pin(crate::tls::run(dup(&https)?, state, cancel)) as RunFuture)
             }),
         });

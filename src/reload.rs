@@ -60,6 +60,12 @@ pub fn diff(old: &Config, new: &Config, activated: bool) -> ReloadReport {
     check("cache.dir", old.cache.dir != new.cache.dir, false);
     check("log.filter", old.log.filter != new.log.filter, false);
     check("tls.ca_dir", old.tls.ca_dir != new.tls.ca_dir, false);
+    // Read when the CA is next created or rotated.
+    check(
+        "tls.name_constraints",
+        old.tls.name_constraints != new.tls.name_constraints,
+        true,
+    );
     let mut cache = old.cache.clone();
     cache.dir = new.cache.dir.clone();
     check("cache", cache != new.cache, true);

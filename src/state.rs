@@ -39,6 +39,8 @@ pub struct State {
     pub lifecycle: Lifecycle,
     /// The fill engine's prefetch entry point, once wired in.
     prefetcher: OnceLock<Arc<dyn Prefetcher>>,
+    /// The cache's CA and the leaf certificates in force (HTTPS, `/ca.crt`, `lancachectl ca`).
+    pub tls: crate::tls::TlsState,
 }
 
 impl State {
@@ -60,6 +62,7 @@ impl State {
             distribution: crate::distribution::Distribution::default(),
             lifecycle: Lifecycle::default(),
             prefetcher: OnceLock::new(),
+            tls: Default::default(),
         })
     }
 

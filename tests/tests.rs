@@ -14,4 +14,5 @@ mod lifecycle_cache;
 mod metrics;
 mod prefetch_cli;
 mod sideload;
+mod tls;
 mod webui;

@@ -330,6 +330,23 @@ fn stats(o: &mut String, s: &Stats, st: Style) {
             count(d.malformed)
         );
     }
+    if let Some(t) = &s.tls {
+        let _ = writeln!(
+            o,
+            "{}{} handshakes, {} failed, {} unknown SNI",
+            label(st, "tls"),
+            count(t.handshakes),
+            count(t.handshake_failures + t.handshake_timeouts),
+            count(t.unknown_sni + t.no_sni)
+        );
+        if !t.uncovered.is_empty() {
+            let _ = writeln!(
+                o,
+                "{pad}outside the CA's name constraints (rotate the CA): {}",
+                t.uncovered.join(", ")
+            );
+        }
+    }
     let classes: Vec<String> = s
         .http
         .responses

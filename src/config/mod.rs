@@ -192,6 +192,9 @@ pub struct TlsConfig {
     pub listen: Vec<SocketAddr>,
     /// The cache's own CA, created on first start.
     pub ca_dir: PathBuf,
+    /// Constrain the CA (X.509 name constraints) to the intercepted names, so a leaked key can
+    /// impersonate nothing else. Applies when the CA is created or rotated.
+    pub name_constraints: bool,
 }
 
 impl Default for TlsConfig {
@@ -199,6 +202,7 @@ impl Default for TlsConfig {
         TlsConfig {
             listen: vec!["0.0.0.0:443".parse().unwrap()],
             ca_dir: PathBuf::from("/var/lib/lancached/ca"),
+            name_constraints: true,
         }
     }
 }

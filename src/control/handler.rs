@@ -2,7 +2,7 @@
 //! rotation) are audited: logged with the caller's uid and pid and the outcome.
 
 use lancache_protocol::{
-    ErrorKind, ErrorReply, FillProgress, PruneRequest, Request, Response, Stats, Status,
+    CaInfo, ErrorKind, ErrorReply, FillProgress, PruneRequest, Request, Response, Stats, Status,
     SubsystemStatus,
 };
 use std::sync::atomic::Ordering;
@@ -16,7 +16,11 @@ pub async fn handle(req: Request, caller: &Caller, state: &Arc<State>) -> Respon
     let name = req.name();
     let audited = !matches!(
         req,
-        Request::Status | Request::Stats | Request::Models | Request::FillProgress { .. }
+        Request::Status
+            | Request::Stats
+            | Request::Models
+            | Request::FillProgress { .. }
+            | Request::Ca { rotate: false }
     );
     let resp = match req {
         Request::Status => Response::Status(status(state)),
@@ -32,10 +36,7 @@ pub async fn handle(req: Request, caller: &Caller, state: &Arc<State>) -> Respon
         Request::Prune(p) => prune(state, p).await,
         Request::Prefetch { names } => prefetch(state, names).await,
         Request::FillProgress { names } => fill_progress(state, names),
-        Request::Ca { .. } => error(
-            ErrorKind::Unsupported,
-            format!("`{name}` is not supported by this daemon"),
-        ),
+        Request::Ca { rotate } => ca(state, rotate),
     };
     if audited {
         let outcome = match &resp {
@@ -207,6 +208,31 @@ fn progress_of(
     fills
 }
 
+/// `lancachectl ca [--rotate]`: the CA clients must trust (made on first use), or a new one.
+fn ca(state: &State, rotate: bool) -> Response {
+    let config = state.config();
+    let result = if rotate {
+        state.tls.rotate(&config)
+    } else {
+        state.tls.ca(&config)
+    };
+    match result {
+        Ok(ca) => Response::Ca(CaInfo {
+            pem: ca.pem.clone(),
+            path: ca.cert_path().display().to_string(),
+            fingerprint_sha256: ca.fingerprint.clone(),
+            rotated: rotate,
+        }),
+        Err(e) => Response::Error(ErrorReply {
+            kind: ErrorKind::Failed,
+            message: format!(
+                "the cache's CA in {}: {e:#}",
+                state.tls.ca_path(&config).display()
+            ),
+        }),
+    }
+}
+
 pub fn status(state: &State) -> Status {
     Status {
         version: env!("CARGO_PKG_VERSION").to_string(),
@@ -240,6 +266,9 @@ pub fn stats(state: &State) -> Stats {
     stats.control.bad_frames = get(&c.control_bad_frames);
     stats.http.connections = get(&c.http_connections);
     stats.http.requests = get(&c.http_requests);
+    if state.health.snapshot().iter().any(|(n, _)| *n == "https") {
+        stats.tls = Some(state.tls.stats());
+    }
     for (class, counter) in [
         ("2xx", &c.http_2xx),
         ("3xx", &c.http_3xx),

@@ -10,6 +10,7 @@ use std::sync::Arc;
 use super::body::{self, Body};
 use super::Peer;
 use crate::state::State;
+use crate::tls::setup::Script;
 
 pub async fn route(req: Request<Incoming>, peer: Peer, state: Arc<State>) -> Response<Body> {
     crate::state::Counters::bump(&state.counters.http_requests);
@@ -44,6 +45,13 @@ async fn dispatch(req: Request<Incoming>, peer: Peer, state: &Arc<State>) -> Res
             scripts::serve(&req, peer, state, scripts::Script::Ps1)
         }
         (&Method::GET | &Method::HEAD, "/metrics") => super::metrics::serve(peer, state),
+        (&Method::GET | &Method::HEAD, "/ca.crt") => crate::tls::setup::ca_crt(state),
+        (&Method::GET | &Method::HEAD, "/setup.sh") => {
+            crate::tls::setup::script(Script::Sh, req.headers(), peer, state)
+        }
+        (&Method::GET | &Method::HEAD, "/setup.ps1") => {
+            crate::tls::setup::script(Script::Ps1, req.headers(), peer, state)
+        }
         (&Method::GET | &Method::HEAD, _) => {
             body::text(StatusCode::NOT_FOUND, format!("no such resource: {path}"))
         }

@@ -144,6 +144,8 @@ pub struct Stats {
     pub cache: Option<CacheStats>,
     #[serde(default)]
     pub lifecycle: Option<LifecycleStats>,
+    #[serde(default)]
+    pub tls: Option<TlsStats>,
 }
 
 /// The cache's housekeeping: disk room, evictions, prunes, the most used models.
@@ -211,6 +213,24 @@ pub struct DnsStats {
     /// Median and 99th percentile upstream latency in milliseconds, over recent queries.
     pub upstream_latency_ms_p50: Option<f64>,
     pub upstream_latency_ms_p99: Option<f64>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TlsStats {
+    pub handshakes: u64,
+    pub handshake_failures: u64,
+    pub handshake_timeouts: u64,
+    /// Client hellos naming a host the cache holds no certificate for.
+    pub unknown_sni: u64,
+    /// Client hellos without SNI while the cache has no certificate for its own address.
+    pub no_sni: u64,
+    pub ca_fingerprint_sha256: Option<String>,
+    /// Names (and addresses) the leaves in force are valid for.
+    pub leaf_names: Vec<String>,
+    /// When the leaves in force expire (seconds since the Unix epoch); renewed well before.
+    pub leaf_not_after: Option<u64>,
+    /// Names the CA's name constraints do not cover (clients reject them until rotation).
+    pub uncovered: Vec<String>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
