@@ -7,7 +7,7 @@
 mod client;
 mod output;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 use lancache_protocol::{PruneRequest, Request, Response};
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -82,6 +82,10 @@ enum Command {
         #[arg(long)]
         rotate: bool,
     },
+    /// Write man pages and shell completions under DIR (used by scripts/package.sh; hidden:
+    /// not an operator's command, and it never talks to the daemon).
+    #[command(hide = true)]
+    GenerateAssets { dir: PathBuf },
 }
 
 fn parse_duration(s: &str) -> Result<u64, String> {
@@ -99,6 +103,15 @@ fn parse_size(s: &str) -> Result<u64, String> {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let request = match &cli.command {
+        Command::GenerateAssets { dir } => {
+            return match lancache_assets::generate(Cli::command(), "1", dir) {
+                Ok(_) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("lancachectl: cannot write assets to {}: {e}", dir.display());
+                    ExitCode::FAILURE
+                }
+            };
+        }
         Command::Status => Request::Status,
         Command::Stats => Request::Stats,
         Command::Reload => Request::Reload,
