@@ -8,4 +8,5 @@ mod activation;
 mod config;
 mod control;
 mod lifecycle;
+mod packaging;
 mod systemd;
