@@ -255,6 +255,43 @@ impl Chroot {
         Chroot { dir: Some(dir) }
     }
 
+    /// Makes the maintainer scripts believe systemd is running (`/run/systemd/system`), and
+    /// records every `systemctl` call they make before handing it to the real one, offline
+    /// (`SYSTEMD_OFFLINE=1`: enable/disable change files, start/stop are ignored). So the tests
+    /// see what would be started, restarted and stopped on a live system.
+    fn record_systemctl(&self) {
+        std::fs::create_dir_all(self.path("/run/systemd/system")).unwrap();
+        std::fs::rename(
+            self.path("/usr/bin/systemctl"),
+            self.path("/usr/bin/systemctl.real"),
+        )
+        .unwrap();
+        std::fs::write(
+            self.path("/usr/bin/systemctl"),
+            "#!/bin/sh\necho \"$*\" >>/var/log/systemctl.calls\nSYSTEMD_OFFLINE=1 exec /usr/bin/systemctl.real \"$@\"\n",
+        )
+        .unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(
+            self.path("/usr/bin/systemctl"),
+            std::fs::Permissions::from_mode(0o755),
+        )
+        .unwrap();
+    }
+
+    /// The `systemctl` calls recorded since the last call of this function.
+    fn systemctl_calls(&self) -> Vec<String> {
+        let log = self.path("/var/log/systemctl.calls");
+        let calls = std::fs::read_to_string(&log).unwrap_or_default();
+        let _ = std::fs::remove_file(&log);
+        calls
+            .lines()
+            .filter(|l| !l.contains("is-enabled") && !l.contains("is-active"))
+            .filter(|l| !l.starts_with("--version"))
+            .map(str::to_string)
+            .collect()
+    }
+
     fn root(&self) -> &Path {
         self.dir.as_ref().unwrap().path()
     }
@@ -320,8 +357,17 @@ fn deb_installs_upgrades_removes_and_purges_in_bookworm() {
     }
     let p = packages();
     let c = Chroot::new();
+    c.record_systemctl();
     let deb = c.copy_in(&p.deb);
     c.sh(&format!("dpkg -i {deb}"));
+    // First install: the sockets, then the service, are started.
+    let calls = c.systemctl_calls();
+    let started = |what: &str| calls.iter().any(|l| l.ends_with(&format!("start {what}")));
+    assert!(
+        started("lancached-dns.socket lancached-http.socket lancached-https.socket lancached-control.socket")
+            && started("lancached.service"),
+        "{calls:?}"
+    );
 
     // The user, from sysusers.d: a system account that cannot log in.
     let pw = c.sh("getent passwd lancache");
@@ -374,6 +420,15 @@ fn deb_installs_upgrades_removes_and_purges_in_bookworm() {
     .unwrap();
     c.sh(&format!("dpkg -i --force-confold {deb}"));
     assert_eq!(c.enabled_links().len(), 5, "{:?}", c.enabled_links());
+    // Upgrade: the service restarts on the new binary; nothing is stopped.
+    let calls = c.systemctl_calls();
+    assert!(
+        calls
+            .iter()
+            .any(|l| l.ends_with("restart lancached.service")),
+        "{calls:?}"
+    );
+    assert!(!calls.iter().any(|l| l.contains("stop")), "{calls:?}");
     assert!(
         std::fs::read_to_string(c.path("/etc/lancached/lancached.toml"))
             .unwrap()
@@ -386,6 +441,14 @@ fn deb_installs_upgrades_removes_and_purges_in_bookworm() {
 
     // Remove: binaries and units gone, disabled; cache, state and config kept.
     c.sh("dpkg -r lancached");
+    let calls = c.systemctl_calls();
+    assert!(
+        calls.iter().any(|l| l.ends_with("stop lancached.service"))
+            && calls.iter().any(|l| l.ends_with(
+                "stop lancached-dns.socket lancached-http.socket lancached-https.socket lancached-control.socket"
+            )),
+        "{calls:?}"
+    );
     assert!(!c.path("/usr/bin/lancached").exists());
     assert!(!c.path("/lib/systemd/system/lancached.service").exists());
     assert!(c.enabled_links().is_empty(), "{:?}", c.enabled_links());
@@ -509,11 +572,24 @@ fn rpm_installs_and_erases_with_rpm_root() {
     // A bookworm root: the scriptlets run chrooted into it and need sh, systemd-sysusers,
     // systemd-tmpfiles and systemctl, which it has.
     let c = Chroot::new();
+    c.record_systemctl();
     let root = c.root().display().to_string();
     run(Command::new("rpm").args(["--root", &root, "--initdb"]));
     run(Command::new("rpm")
         .args(["--root", &root, "-i", "--nodeps"])
         .arg(&p.rpm));
+    let units = crate::systemd::UNITS[1..]
+        .iter()
+        .chain(&crate::systemd::UNITS[..1])
+        .copied()
+        .collect::<Vec<_>>()
+        .join(" ");
+    let calls = c.systemctl_calls();
+    assert!(
+        calls.contains(&format!("--no-reload enable {units}"))
+            && calls.contains(&format!("start {units}")),
+        "{calls:?}"
+    );
     for f in common_payload("/usr/lib/systemd/system", "/usr/share/zsh/site-functions") {
         assert!(c.path(&f).exists(), "{f} not installed");
     }
@@ -525,8 +601,25 @@ fn rpm_installs_and_erases_with_rpm_root() {
     let ok = c.sh("lancached --check-config --config /etc/lancached/lancached.toml");
     assert!(ok.contains("valid"), "{ok}");
 
+    // Upgrade (here: the same package again): the service is restarted, nothing disabled.
+    run(Command::new("rpm")
+        .args(["--root", &root, "-U", "--replacepkgs", "--nodeps"])
+        .arg(&p.rpm));
+    let calls = c.systemctl_calls();
+    assert!(
+        calls.iter().any(|l| l == "try-restart lancached.service"),
+        "{calls:?}"
+    );
+    assert!(!calls.iter().any(|l| l.contains("disable")), "{calls:?}");
+    assert_eq!(c.enabled_links().len(), 5, "{:?}", c.enabled_links());
+
     std::fs::write(c.path("/var/cache/lancached/keep"), b"x").unwrap();
     run(Command::new("rpm").args(["--root", &root, "-e", "--nodeps", "lancached"]));
+    let calls = c.systemctl_calls();
+    assert!(
+        calls.contains(&format!("--no-reload disable --now {units}")),
+        "{calls:?}"
+    );
     // %preun disabled everything; the cache stays (rpm has no purge).
     assert!(c.enabled_links().is_empty(), "{:?}", c.enabled_links());
     assert!(!c.path("/usr/bin/lancached").exists());
