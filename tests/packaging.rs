@@ -3,7 +3,7 @@
 //! - Debian policy as lintian checks it, and rpmlint: no errors and no warnings beyond the
 //!   suppressions listed with their reasons in packaging/debian/lintian-overrides and
 //!   packaging/rpm/rpmlint.toml;
-//! - both carry the version of Cargo.toml, both binaries, the units, sysusers.d and tmpfiles.d
+//! - both carry the version of Cargo.toml (as do both binaries' --version), both binaries, the units, sysusers.d and tmpfiles.d
 //!   files, the configuration as a conffile / %config(noreplace), man pages, bash/zsh/fish
 //!   completions and the docs;
 //! - the .deb installed with dpkg into a Debian bookworm (debootstrap minbase + systemd) chroot:
@@ -627,4 +627,18 @@ fn rpm_installs_and_erases_with_rpm_root() {
     assert!(c.enabled_links().is_empty(), "{:?}", c.enabled_links());
     assert!(!c.path("/usr/bin/lancached").exists());
     assert!(c.path("/var/cache/lancached/keep").exists());
+}
+
+/// Both packages take their version from the root Cargo.toml; lancachectl is another crate
+/// with its own version field, which must not drift from it.
+#[test]
+fn both_binaries_carry_the_package_version() {
+    for bin in [crate::util::lancached_bin(), crate::util::lancachectl_bin()] {
+        let out = run(Command::new(&bin).arg("--version"));
+        assert!(
+            out.split_whitespace().nth(1) == Some(VERSION),
+            "{}: {out:?}, packages are {VERSION}",
+            bin.display()
+        );
+    }
 }
