@@ -13,7 +13,7 @@ want=(
   "lintian lintian" "rpmlint rpmlint" "rpm rpm" "ip iproute2" "setpriv util-linux"
   "systemd-socket-activate systemd" "systemd-analyze systemd" "curl curl"
   "chromium chromium" "debootstrap debootstrap" "sha256sum coreutils"
-  "dpkg-shlibdeps dpkg-dev" "chroot coreutils"
+  "dpkg-shlibdeps dpkg-dev" "chroot coreutils" "systemd-nspawn systemd-container"
 )
 missing=()
 for pair in "${want[@]}"; do

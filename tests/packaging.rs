@@ -12,6 +12,11 @@
 //!   shipped config, the installed units pass `systemd-analyze verify` and security <= 1.5;
 //!   reinstalling (the upgrade path) keeps them enabled; remove disables and keeps the cache and
 //!   config; purge removes everything the package made;
+//! - a real systemd (PID 1 of a `systemd-nspawn --boot` container of that chroot) runs the
+//!   installed package: sockets listening, the service active as user lancache with no
+//!   capabilities under all its hardening, serving on the activated port, `systemctl reload`
+//!   (ExecReload) succeeding, failing on a broken file while the service stays up, and a clean
+//!   `systemctl stop`;
 //! - the .rpm's payload (`rpm -qpl`), config flags and scriptlets (`rpm -qp --scripts`, the
 //!   hand-written files verbatim, no macros), then installed with `rpm --root` into a bookworm
 //!   chroot (scriptlets run: user, enable symlinks) and erased (disabled, cache kept).
@@ -299,6 +304,11 @@ impl Chroot {
         self.dir.as_ref().unwrap().path()
     }
 
+    /// Before handing the tree to systemd-nspawn, which mounts its own /proc.
+    fn unmount_proc(&self) {
+        run(Command::new("umount").arg(self.path("/proc")));
+    }
+
     fn path(&self, p: &str) -> PathBuf {
         self.root().join(p.trim_start_matches('/'))
     }
@@ -338,10 +348,15 @@ impl Chroot {
 
 impl Drop for Chroot {
     fn drop(&mut self) {
-        let unmounted = Command::new("umount")
-            .arg(self.root().join("proc"))
-            .status()
-            .is_ok_and(|s| s.success());
+        let proc_ = self.root().join("proc");
+        let mounted = std::fs::read_to_string("/proc/self/mounts")
+            .map(|m| m.contains(&format!(" {} ", proc_.display())))
+            .unwrap_or(true);
+        let unmounted = !mounted
+            || Command::new("umount")
+                .arg(&proc_)
+                .status()
+                .is_ok_and(|s| s.success());
         if !unmounted {
             // Never let the recursive delete walk into a mounted /proc: leave the tree.
             let dir = self.dir.take().unwrap();
@@ -641,4 +656,164 @@ fn both_binaries_carry_the_package_version() {
             bin.display()
         );
     }
+}
+
+/// Runs inside the booted container as a oneshot unit once lancached.service is up, and writes
+/// what it saw to /var/lib/lancache-check/ (read by the test after the container powers off).
+const CHECK_SCRIPT: &str = r#"#!/bin/bash
+out=/var/lib/lancache-check
+mkdir -p "$out"
+exec 2>"$out/stderr"
+set -x
+say() { echo "$1=$2" >>"$out/results"; }
+systemctl is-active lancached.service >"$out/active"; say active "$(cat "$out/active")"
+for s in dns http https control; do say "socket_$s" "$(systemctl is-active lancached-$s.socket)"; done
+systemctl show lancached.service -p User -p Type -p StatusText -p MainPID >"$out/show"
+pid=$(systemctl show -P MainPID lancached.service)
+say main_pid_user "$(getent passwd "$(awk '/^Uid:/ {print $2}' /proc/"$pid"/status)" | cut -d: -f1)"
+say capeff "$(awk '/^CapEff:/ {print $2}' /proc/"$pid"/status)"
+say nonewprivs "$(awk '/^NoNewPrivs:/ {print $2}' /proc/"$pid"/status)"
+say seccomp "$(awk '/^Seccomp:/ {print $2}' /proc/"$pid"/status)"
+lancachectl status --json >"$out/status.json"; say status_rc $?
+# GET /health on the socket-activated port 80, with bash's /dev/tcp.
+if exec 3<>/dev/tcp/127.0.0.1/80; then
+  printf 'GET /health HTTP/1.0\r\nHost: x\r\n\r\n' >&3
+  say health "$(head -1 <&3 | tr -d '\r')"
+  exec 3<&-
+fi
+systemctl reload lancached.service; say reload_rc $?
+cp /etc/lancached/lancached.toml /tmp/good.toml
+printf '\n[cache]\nnot_a_key = 1\n' >>/etc/lancached/lancached.toml
+systemctl reload lancached.service; say bad_reload_rc $?
+say after_bad_reload "$(systemctl is-active lancached.service)"
+cp /tmp/good.toml /etc/lancached/lancached.toml
+start=$(date +%s%N)
+systemctl stop lancached.service; say stop_rc $?
+say stop_ms $(( ($(date +%s%N) - start) / 1000000 ))
+say result "$(systemctl show -P Result lancached.service)"
+journalctl -u lancached.service --no-pager >"$out/journal"
+say done yes
+systemctl --no-block poweroff
+"#;
+
+/// A real systemd (PID 1 of a `systemd-nspawn --boot` container made from the bookworm chroot)
+/// runs the installed package: the sockets listen, lancached.service starts under all its
+/// hardening as user lancache with no capabilities and reports READY, serves on the activated
+/// port, reloads through ExecReload (and refuses a broken file, staying up), and stops.
+#[test]
+fn systemd_runs_the_installed_package_in_a_container() {
+    for p in ["chroot", "mount", "tar", "systemd-nspawn"] {
+        if !crate::util::require_program(p) {
+            return;
+        }
+    }
+    let p = packages();
+    let c = Chroot::new();
+    let deb = c.copy_in(&p.deb);
+    c.sh(&format!("dpkg -i {deb}"));
+    std::fs::write(c.path("/usr/local/bin/lancache-check"), CHECK_SCRIPT).unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(
+        c.path("/usr/local/bin/lancache-check"),
+        std::fs::Permissions::from_mode(0o755),
+    )
+    .unwrap();
+    std::fs::write(
+        c.path("/etc/systemd/system/lancache-check.service"),
+        "[Unit]\nAfter=lancached.service multi-user.target\nWants=lancached.service\n\n\
+         [Service]\nType=oneshot\nExecStart=/usr/local/bin/lancache-check\n\n\
+         [Install]\nWantedBy=multi-user.target\n",
+    )
+    .unwrap();
+    std::os::unix::fs::symlink(
+        "/etc/systemd/system/lancache-check.service",
+        c.path("/etc/systemd/system/multi-user.target.wants/lancache-check.service"),
+    )
+    .unwrap();
+    c.unmount_proc();
+
+    // --private-network: the container's own ports 53/80/443, nothing reaches the host's.
+    // --register=no/--keep-unit: there is no systemd (nor bus) on this host to register with.
+    let machine = format!("lancache-test-{}", std::process::id());
+    let mut nspawn = Command::new("systemd-nspawn")
+        .args([
+            "--quiet",
+            "--boot",
+            "--private-network",
+            "--register=no",
+            "--keep-unit",
+        ])
+        .arg(format!("--machine={machine}"))
+        .arg("-D")
+        .arg(c.root())
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    let status = loop {
+        if let Some(s) = nspawn.try_wait().unwrap() {
+            break Some(s);
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = nspawn.kill();
+            let _ = nspawn.wait();
+            break None;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    };
+    // nspawn leaves its (empty) propagation directory behind when it cannot register.
+    let _ = std::fs::remove_dir(format!("/run/systemd/nspawn/propagate/{machine}"));
+    let console = {
+        use std::io::Read;
+        let mut s = String::new();
+        let _ = nspawn.stdout.take().unwrap().read_to_string(&mut s);
+        let _ = nspawn.stderr.take().unwrap().read_to_string(&mut s);
+        s
+    };
+    let read = |f: &str| std::fs::read_to_string(c.path(&format!("/var/lib/lancache-check/{f}")));
+    let results = read("results").unwrap_or_default();
+    let get = |k: &str| {
+        results
+            .lines()
+            .find_map(|l| l.strip_prefix(&format!("{k}=")))
+            .unwrap_or("")
+            .to_string()
+    };
+    let why = format!(
+        "results:\n{results}\njournal:\n{}\nscript stderr:\n{}\nconsole:\n{console}",
+        read("journal").unwrap_or_default(),
+        read("stderr").unwrap_or_default()
+    );
+    assert!(
+        status.is_some(),
+        "container did not power off in time\n{why}"
+    );
+    assert_eq!(get("done"), "yes", "{why}");
+    assert_eq!(get("active"), "active", "{why}");
+    for s in ["dns", "http", "https", "control"] {
+        assert_eq!(get(&format!("socket_{s}")), "active", "{s}.socket\n{why}");
+    }
+    assert_eq!(get("main_pid_user"), "lancache", "{why}");
+    assert_eq!(get("capeff"), "0000000000000000", "{why}");
+    assert_eq!(get("nonewprivs"), "1", "{why}");
+    assert_eq!(get("seccomp"), "2", "SystemCallFilter= not in force\n{why}");
+    assert_eq!(get("status_rc"), "0", "{why}");
+    assert!(get("health").contains(" 200"), "{why}");
+    assert_eq!(get("reload_rc"), "0", "{why}");
+    assert_ne!(get("bad_reload_rc"), "0", "a broken config reloaded\n{why}");
+    assert_eq!(get("after_bad_reload"), "active", "{why}");
+    assert_eq!(get("stop_rc"), "0", "{why}");
+    assert_eq!(get("result"), "success", "{why}");
+    let status: serde_json::Value = serde_json::from_str(&read("status.json").unwrap()).unwrap();
+    let text = status.to_string();
+    for want in [
+        "udp ",
+        "tcp ",
+        "unix /run/lancached/control.sock (socket-activated)",
+    ] {
+        assert!(text.contains(want), "{want} not in status: {text}");
+    }
+    eprintln!("{results}");
 }
