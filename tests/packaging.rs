@@ -15,8 +15,9 @@
 //! - a real systemd (PID 1 of a `systemd-nspawn --boot` container of that chroot) runs the
 //!   installed package: sockets listening, the service active as user lancache with no
 //!   capabilities under all its hardening, serving on the activated port, `systemctl reload`
-//!   (ExecReload) succeeding, failing on a broken file while the service stays up, and a clean
-//!   `systemctl stop`;
+//!   (ExecReload) succeeding, failing on a broken file while the service stays up, an upgrade
+//!   restarting it, a clean `systemctl stop`, a connection to the control socket starting it
+//!   again, and `dpkg -r` stopping the service and all four sockets;
 //! - the .rpm's payload (`rpm -qpl`), config flags and scriptlets (`rpm -qp --scripts`, the
 //!   hand-written files verbatim, no macros), then installed with `rpm --root` into a bookworm
 //!   chroot (scriptlets run: user, enable symlinks) and erased (disabled, cache kept).
@@ -687,11 +688,21 @@ printf '\n[cache]\nnot_a_key = 1\n' >>/etc/lancached/lancached.toml
 systemctl reload lancached.service; say bad_reload_rc $?
 say after_bad_reload "$(systemctl is-active lancached.service)"
 cp /tmp/good.toml /etc/lancached/lancached.toml
+# Upgrade (the same package again, configure with the old version): restarted, still up.
+dpkg -i /root/lancached.deb >"$out/upgrade" 2>&1; say upgrade_rc $?
+say after_upgrade "$(systemctl is-active lancached.service)"
+[ "$(systemctl show -P MainPID lancached.service)" != "$pid" ] && say restarted yes
 start=$(date +%s%N)
 systemctl stop lancached.service; say stop_rc $?
 say stop_ms $(( ($(date +%s%N) - start) / 1000000 ))
 say result "$(systemctl show -P Result lancached.service)"
 journalctl -u lancached.service --no-pager >"$out/journal"
+# Socket activation proper: a connection to the control socket starts the service again.
+lancachectl status >/dev/null; say reactivated_rc $?
+say reactivated "$(systemctl is-active lancached.service)"
+# Remove: prerm stops the service and all four sockets.
+dpkg -r lancached >"$out/remove" 2>&1; say remove_rc $?
+say after_remove "$(systemctl is-active lancached.service lancached-dns.socket lancached-http.socket lancached-https.socket lancached-control.socket | sort -u | tr '\n' ' ')"
 say done yes
 systemctl --no-block poweroff
 "#;
@@ -711,6 +722,8 @@ fn systemd_runs_the_installed_package_in_a_container() {
     let c = Chroot::new();
     let deb = c.copy_in(&p.deb);
     c.sh(&format!("dpkg -i {deb}"));
+    // Where the check script finds it for the upgrade (nspawn puts a tmpfs on /tmp).
+    std::fs::copy(&p.deb, c.path("/root/lancached.deb")).unwrap();
     std::fs::write(c.path("/usr/local/bin/lancache-check"), CHECK_SCRIPT).unwrap();
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(
@@ -804,8 +817,19 @@ fn systemd_runs_the_installed_package_in_a_container() {
     assert_eq!(get("reload_rc"), "0", "{why}");
     assert_ne!(get("bad_reload_rc"), "0", "a broken config reloaded\n{why}");
     assert_eq!(get("after_bad_reload"), "active", "{why}");
+    assert_eq!(get("upgrade_rc"), "0", "{why}");
+    assert_eq!(get("after_upgrade"), "active", "{why}");
+    assert_eq!(
+        get("restarted"),
+        "yes",
+        "upgrade did not restart the service\n{why}"
+    );
     assert_eq!(get("stop_rc"), "0", "{why}");
     assert_eq!(get("result"), "success", "{why}");
+    assert_eq!(get("reactivated_rc"), "0", "{why}");
+    assert_eq!(get("reactivated"), "active", "{why}");
+    assert_eq!(get("remove_rc"), "0", "{why}");
+    assert_eq!(get("after_remove").trim(), "inactive", "{why}");
     let status: serde_json::Value = serde_json::from_str(&read("status.json").unwrap()).unwrap();
     let text = status.to_string();
     for want in [
