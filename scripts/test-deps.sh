@@ -14,6 +14,7 @@ want=(
   "systemd-socket-activate systemd" "systemd-analyze systemd" "curl curl"
   "chromium chromium" "debootstrap debootstrap" "sha256sum coreutils"
   "shellcheck shellcheck" "dash dash" "tar tar" "openssl openssl" "update-ca-certificates ca-certificates"
+  "dpkg-shlibdeps dpkg-dev" "chroot coreutils" "systemd-nspawn systemd-container"
 )
 missing=()
 for pair in "${want[@]}"; do

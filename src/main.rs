@@ -2,7 +2,7 @@
 //! binds its sockets while the process is still single-threaded, then hands over to
 //! [`lancached::daemon::run`].
 
-use clap::Parser;
+use clap::{CommandFactory, Parser};
 use lancached::config::{ConfigSource, DEFAULT_CONFIG_PATH};
 use lancached::listeners::Listeners;
 use std::path::PathBuf;
@@ -29,10 +29,23 @@ struct Args {
     /// Print the default configuration file and exit.
     #[arg(long)]
     print_default_config: bool,
+    /// Write man pages and shell completions under DIR and exit (used by scripts/package.sh;
+    /// hidden: not an operator's option).
+    #[arg(long, hide = true, value_name = "DIR")]
+    generate_assets: Option<PathBuf>,
 }
 
 fn main() -> ExitCode {
     let args = Args::parse();
+    if let Some(dir) = &args.generate_assets {
+        return match lancache_assets::generate(Args::command(), "8", dir) {
+            Ok(_) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("lancached: cannot write assets to {}: {e}", dir.display());
+                ExitCode::FAILURE
+            }
+        };
+    }
     if args.print_default_config {
         print!("{}", lancached::config::PACKAGED_TOML);
         return ExitCode::SUCCESS;

@@ -9,7 +9,7 @@ mod output;
 mod prefetch;
 mod style;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 use lancache_protocol::{PruneRequest, Request, Response};
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -124,6 +124,10 @@ enum Command {
         #[arg(long)]
         rotate: bool,
     },
+    /// Write man pages and shell completions under DIR (used by scripts/package.sh; hidden:
+    /// not an operator's command, and it never talks to the daemon).
+    #[command(hide = true)]
+    GenerateAssets { dir: PathBuf },
 }
 
 fn parse_duration(s: &str) -> Result<u64, String> {
@@ -141,6 +145,15 @@ fn parse_size(s: &str) -> Result<u64, String> {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let request = match &cli.command {
+        Command::GenerateAssets { dir } => {
+            return match lancache_assets::generate(Cli::command(), "1", dir) {
+                Ok(_) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("lancachectl: cannot write assets to {}: {e}", dir.display());
+                    ExitCode::FAILURE
+                }
+            };
+        }
         Command::Status => Request::Status,
         Command::Stats => Request::Stats,
         Command::Reload => Request::Reload,
@@ -222,7 +235,8 @@ mod tests {
         cli.build();
         let mut helps = vec![cli.render_long_help().to_string()];
         for sub in cli.get_subcommands_mut() {
-            if sub.get_name() == "help" {
+            // Hidden commands (asset generation for packaging) are not an operator's interface.
+            if sub.get_name() == "help" || sub.is_hide_set() {
                 continue;
             }
             let help = sub.render_long_help().to_string();
