@@ -29,6 +29,8 @@ pub struct State {
     pub layout: Layout,
     /// Blobs in use, which prune and eviction must leave alone.
     pub pins: Pins,
+    /// The caching registry proxy: upstream client, fills in flight, cache counters.
+    pub proxy: crate::proxy::Proxy,
 }
 
 impl State {
@@ -36,6 +38,8 @@ impl State {
         let config = Arc::new(config);
         let layout = Layout::new(&config.cache.dir);
         let (config_tx, _) = watch::channel(config.clone());
+        let pins = Pins::default();
+        let proxy = crate::proxy::Proxy::new(layout.clone(), pins.clone(), &config);
         Arc::new(State {
             config: ArcSwap::new(config),
             config_tx,
@@ -45,7 +49,8 @@ impl State {
             health: Health::default(),
             counters: Counters::default(),
             layout,
-            pins: Pins::default(),
+            pins,
+            proxy,
         })
     }
 

@@ -8,3 +8,4 @@ mod activation;
 mod config;
 mod control;
 mod lifecycle;
+mod proxy;

@@ -80,5 +80,6 @@ pub fn stats(state: &State) -> Stats {
     ] {
         stats.http.responses.insert(class.to_string(), get(counter));
     }
+    stats.cache = Some(crate::proxy::cache_stats(state));
     stats
 }
