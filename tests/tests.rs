@@ -9,3 +9,4 @@ mod config;
 mod control;
 mod lifecycle;
 mod proxy;
+mod proxy_ollama;

@@ -130,19 +130,49 @@ impl FakeUpstream {
         d
     }
 
-    /// Adds an Ollama-style model (config + layers) under `repo:tag`; returns the manifest bytes.
-    pub fn add_model(&self, repo: &str, tag: &str, layers: &[&[u8]]) -> Vec<u8> {
+    /// Adds a blob whose digest the caller computed (large blobs: hashed by `sha256sum`).
+    pub fn add_blob_with_digest(&self, bytes: Vec<u8>, digest: String) -> String {
+        self.shared
+            .blobs
+            .lock()
+            .unwrap()
+            .insert(digest.clone(), Arc::new(bytes));
+        digest
+    }
+
+    /// Total size of every blob the fake holds.
+    pub fn blob_total(&self) -> u64 {
+        self.shared
+            .blobs
+            .lock()
+            .unwrap()
+            .values()
+            .map(|b| b.len() as u64)
+            .sum()
+    }
+
+    /// Like [`add_model`](Self::add_model), with layers whose digests are given.
+    pub fn add_model_with_digests(
+        &self,
+        repo: &str,
+        tag: &str,
+        layers: Vec<(Vec<u8>, String)>,
+    ) -> Vec<u8> {
+        let sizes: Vec<(usize, String)> = layers
+            .into_iter()
+            .map(|(b, d)| (b.len(), self.add_blob_with_digest(b, d)))
+            .collect();
+        self.model_manifest(repo, tag, &sizes)
+    }
+
+    fn model_manifest(&self, repo: &str, tag: &str, layers: &[(usize, String)]) -> Vec<u8> {
         let config = br#"{"model_format":"gguf","model_family":"llama","architecture":"amd64","os":"linux"}"#.to_vec();
         let cfg_size = config.len();
         let cfg_digest = self.add_blob(config);
         let layers_json: Vec<String> = layers
             .iter()
-            .map(|l| {
-                let d = self.add_blob(l.to_vec());
-                format!(
-                    r#"{{"mediaType":"application/vnd.ollama.image.model","digest":"{d}","size":{}}}"#,
-                    l.len()
-                )
+            .map(|(size, d)| {
+                format!(r#"{{"mediaType":"application/vnd.ollama.image.model","digest":"{d}","size":{size}}}"#)
             })
             .collect();
         let manifest = format!(
@@ -152,6 +182,15 @@ impl FakeUpstream {
         .into_bytes();
         self.set_manifest(repo, tag, manifest.clone());
         manifest
+    }
+
+    /// Adds an Ollama-style model (config + layers) under `repo:tag`; returns the manifest bytes.
+    pub fn add_model(&self, repo: &str, tag: &str, layers: &[&[u8]]) -> Vec<u8> {
+        let sizes: Vec<(usize, String)> = layers
+            .iter()
+            .map(|l| (l.len(), self.add_blob(l.to_vec())))
+            .collect();
+        self.model_manifest(repo, tag, &sizes)
     }
 
     pub fn set_manifest(&self, repo: &str, tag: &str, bytes: Vec<u8>) {
