@@ -10,3 +10,4 @@ mod control;
 mod lifecycle;
 mod proxy;
 mod proxy_ollama;
+mod proxy_registry;
