@@ -11,3 +11,4 @@ mod lifecycle;
 mod proxy;
 mod proxy_ollama;
 mod proxy_registry;
+mod proxy_upstream;
