@@ -36,6 +36,8 @@ use super::stats::{CacheCounters, Event};
 const SLICE_ATTEMPTS: u32 = 5;
 /// Largest chunk a reader or the hasher reads at once.
 pub const READ_CHUNK: usize = 1 << 20;
+/// Upstream bytes are written to the data file in batches of about this size.
+const WRITE_BATCH: usize = 256 << 10;
 
 /// Why an upstream fetch failed; `kind` is the stats label.
 #[derive(Debug, Clone)]
@@ -575,35 +577,37 @@ async fn fetch_slice(
             let mut stream = tokio::time::timeout(params.stall_timeout, fetcher.fetch(pos, end))
                 .await
                 .map_err(|_| FetchError::new("stall", "no response from upstream"))??;
-            loop {
-                let chunk = match tokio::time::timeout(params.stall_timeout, stream.next()).await {
+            // Chunks are gathered into larger writes: one blocking-pool hop per WRITE_BATCH
+            // rather than per network read.
+            let mut pending = bytes::BytesMut::new();
+            let received: Result<(), FetchError> = loop {
+                match tokio::time::timeout(params.stall_timeout, stream.next()).await {
                     Err(_) => {
-                        return Err(FetchError::new(
+                        break Err(FetchError::new(
                             "stall",
                             format!("no data from upstream for {:?}", params.stall_timeout),
                         ))
                     }
-                    Ok(None) => break,
-                    Ok(Some(c)) => c?,
-                };
-                if pos + chunk.len() as u64 > end + 1 {
-                    return Err(FetchError::new(
-                        "upstream_overrun",
-                        "upstream sent more than asked",
-                    ));
+                    Ok(None) => break Ok(()),
+                    Ok(Some(Err(e))) => break Err(e),
+                    Ok(Some(Ok(chunk))) => {
+                        if pos + (pending.len() + chunk.len()) as u64 > end + 1 {
+                            break Err(FetchError::new(
+                                "upstream_overrun",
+                                "upstream sent more than asked",
+                            ));
+                        }
+                        pending.extend_from_slice(&chunk);
+                        if pending.len() >= WRITE_BATCH {
+                            write_pending(fill, i, start, &mut pos, &mut pending, counters).await?;
+                        }
+                    }
                 }
-                let file = fill.file.clone();
-                let at = pos;
-                let n = chunk.len() as u64;
-                tokio::task::spawn_blocking(move || file.write_all_at(&chunk, at))
-                    .await
-                    .map_err(|e| FetchError::new("disk", e.to_string()))?
-                    .map_err(|e| FetchError::new("disk", e.to_string()))?;
-                pos += n;
-                fill.state.lock().unwrap().written[i] = pos - start;
-                counters.count(&fill.origin.registry, Event::BytesFromUpstream(n));
-                fill.notify();
-            }
+            };
+            // What arrived before an error is good data at the right offset: keep it, so the
+            // retry resumes after it.
+            write_pending(fill, i, start, &mut pos, &mut pending, counters).await?;
+            received?;
             if pos != end + 1 {
                 return Err(FetchError::new(
                     "truncated",
@@ -626,6 +630,33 @@ async fn fetch_slice(
         }
     }
     Err(last)
+}
+
+/// Writes gathered bytes at `pos` and tells the waiters.
+async fn write_pending(
+    fill: &Fill,
+    i: usize,
+    start: u64,
+    pos: &mut u64,
+    pending: &mut bytes::BytesMut,
+    counters: &CacheCounters,
+) -> Result<(), FetchError> {
+    if pending.is_empty() {
+        return Ok(());
+    }
+    let buf = pending.split().freeze();
+    let n = buf.len() as u64;
+    let file = fill.file.clone();
+    let at = *pos;
+    tokio::task::spawn_blocking(move || file.write_all_at(&buf, at))
+        .await
+        .map_err(|e| FetchError::new("disk", e.to_string()))?
+        .map_err(|e| FetchError::new("disk", e.to_string()))?;
+    *pos += n;
+    fill.state.lock().unwrap().written[i] = *pos - start;
+    counters.count(&fill.origin.registry, Event::BytesFromUpstream(n));
+    fill.notify();
+    Ok(())
 }
 
 /// Hashes the contiguous written prefix as it grows; at the end publishes or discards.
