@@ -12,7 +12,7 @@ want=(
   "docker-registry docker-registry" "nginx nginx-light" "dnsperf dnsperf"
   "lintian lintian" "rpmlint rpmlint" "rpm rpm" "ip iproute2" "setpriv util-linux"
   "systemd-socket-activate systemd" "systemd-analyze systemd" "curl curl"
-  "chromium chromium" "debootstrap debootstrap" "sha256sum coreutils"
+  "chromium chromium" "debootstrap debootstrap" "sha256sum coreutils" "openssl openssl"
 )
 missing=()
 for pair in "${want[@]}"; do

@@ -174,7 +174,8 @@ fn real_ollama_pulls_through_the_cache() {
     let bin = if bin.exists() {
         bin
     } else {
-        PathBuf::from("/root/.cache/lancache-test/ollama/ollama")
+        PathBuf::from(std::env::var("HOME").unwrap_or_else(|_| "/root".into()))
+            .join(".cache/lancache-test/ollama/ollama")
     };
     assert!(
         bin.exists(),

@@ -90,7 +90,7 @@ pub async fn serve(
         let pin = state.pins.pin(digest);
         return respond(req, digest, size, |start, end| {
             counters.count(&registry, Event::BytesFromCache(end - start));
-            file_body(Source::File(Arc::new(file)), start, end, pin)
+            published_body(file, size, start, end, pin)
         });
     }
     let Some(KnownBlob {
@@ -155,9 +155,14 @@ pub async fn serve(
     {
         Ok(Joined::Published) => match open_published(&path) {
             Ok(file) => {
+                // Published between our look and the join: the file's own size is the truth.
+                let size = match file.metadata() {
+                    Ok(m) => m.len(),
+                    Err(e) => return internal(e),
+                };
                 let pin = state.pins.pin(digest);
                 respond(req, digest, size, |start, end| {
-                    file_body(Source::File(Arc::new(file)), start, end, pin)
+                    published_body(file, size, start, end, pin)
                 })
             }
             Err(e) => internal(e),
@@ -337,6 +342,14 @@ fn respond(
         }
     }
     r
+}
+
+/// A published blob's body: mapped (zero-copy into hyper), or read with pread if mapping fails.
+fn published_body(file: std::fs::File, size: u64, start: u64, end: u64, pin: Pin) -> Body {
+    match super::mapped::Mapping::new(&file, size) {
+        Ok(map) => super::mapped::body(Arc::new(map), start, end, pin),
+        Err(_) => file_body(Source::File(Arc::new(file)), start, end, pin),
+    }
 }
 
 enum Source {

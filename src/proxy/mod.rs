@@ -7,12 +7,14 @@
 //!   fill in progress.
 //! - [`upstream`]: the client that reaches registries and CDNs (own resolvers, rustls, loop guard).
 //! - [`fetch`]: how a fill gets its bytes from a registry (the store's fill engine drives it).
+//! - [`mapped`]: zero-copy bodies for published blobs (slices of a memory mapping).
 //!
 //! [`Proxy`] is the shared part that lives in `State`: the upstream client, the fills in flight,
 //! the counters, and what the cache has learnt about blobs (repository and size by digest).
 
 pub mod dataplane;
 pub mod fetch;
+pub mod mapped;
 pub mod registry;
 pub mod upstream;
 
