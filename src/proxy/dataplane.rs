@@ -346,7 +346,7 @@ fn respond(
 
 /// A published blob's body: mapped (zero-copy into hyper), or read with pread if mapping fails.
 fn published_body(file: std::fs::File, size: u64, start: u64, end: u64, pin: Pin) -> Body {
-    match super::mapped::Mapping::new(&file, size) {
+    match crate::store::mapped::Mapping::new(&file, size) {
         Ok(map) => super::mapped::body(Arc::new(map), start, end, pin),
         Err(_) => file_body(Source::File(Arc::new(file)), start, end, pin),
     }
@@ -387,7 +387,16 @@ fn file_body(source: Source, start: u64, end: u64, pin: Pin) -> Body {
                     c.done = true;
                     return Some((Err(std::io::Error::other("fill ended early")), c));
                 }
-                Ok(n) => (w.file(), n),
+                Ok(n) => {
+                    if let Some(map) = w.mapping() {
+                        // Landed bytes straight from the fill's mapping, no copy.
+                        let len = n.min(c.end - c.pos).min(super::mapped::FRAME);
+                        let b = crate::store::mapped::slice(&map, c.pos, c.pos + len);
+                        c.pos += len;
+                        return Some((Ok(b), c));
+                    }
+                    (w.file(), n)
+                }
                 Err(e) => {
                     c.done = true;
                     return Some((Err(e), c));

@@ -4,9 +4,10 @@
 //! Per digest in flight there is one [`Fill`]: the size, a slice size, a state per slice
 //! (missing / fetching / landed, plus how many bytes of it are written), the sparse data file in
 //! `.lancached/partial/`, and the waiting responses with the offset each needs next. A few
-//! upstream workers each take the lowest missing slice that a waiter is blocked on, else the
-//! lowest missing slice at or after the smallest offset any waiter needs (demand first), else
-//! the lowest missing slice (read-ahead). Bytes reach waiters as soon as they are written, within
+//! upstream workers fetch slices: half of them demand first (the lowest missing slice a waiter is
+//! blocked on, else the lowest missing slice at or after the smallest offset any waiter needs,
+//! else any), the other half in order (the lowest missing slice), which keeps the hashed prefix
+//! close behind the download so that verification adds no long tail after the last byte. Bytes reach waiters as soon as they are written, within
 //! a slice too. A landed slice is fsync'd and recorded in the [`SliceMap`], so a restart resumes
 //! without refetching it. A hashing task follows the contiguous written prefix; at the end the
 //! digest and size decide: publish by rename into `blobs/` (same inode, so open readers keep
@@ -27,6 +28,7 @@ use std::time::Duration;
 use tokio::sync::{watch, Semaphore};
 
 use super::layout::Layout;
+use super::mapped::Mapping;
 use super::names::Digest;
 use super::pins::Pins;
 use super::slicemap::SliceMap;
@@ -115,6 +117,9 @@ pub struct Fill {
     pub origin: Origin,
     slice_size: u64,
     file: Arc<std::fs::File>,
+    /// The data file mapped (for readers and the hasher); `None` for an empty blob or when
+    /// mapping failed (then they pread).
+    mapping: Option<Arc<Mapping>>,
     data_path: PathBuf,
     map_path: PathBuf,
     blob_path: PathBuf,
@@ -259,8 +264,11 @@ impl Fills {
         let _pin = self.pins.pin(&fill.digest);
         let _permit = self.permits.clone().acquire_owned().await;
         let mut workers = tokio::task::JoinSet::new();
-        for _ in 0..params.connections.max(1) {
+        for n in 0..params.connections.max(1) {
+            // With several connections, half serve demand and half fetch in order.
+            let demand_first = n % 2 == 0;
             workers.spawn(worker(
+                demand_first,
                 fill.clone(),
                 fetcher.clone(),
                 params,
@@ -313,19 +321,29 @@ impl Fill {
                 && m.slice_size == slice_size
                 && data_path.exists()
         });
+        if previous.is_none() {
+            // A new inode rather than truncating in place: a mapping of an earlier attempt's
+            // file may still be read by a response on its way out.
+            match std::fs::remove_file(&data_path) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+                _ => {}
+            }
+        }
         let file = std::fs::OpenOptions::new()
             .read(true)
             .write(true)
             .create(true)
-            .truncate(previous.is_none())
+            .truncate(false)
             .open(&data_path)?;
         file.set_len(size)?;
+        let mapping = Mapping::new(&file, size).ok().map(Arc::new);
         let this = Fill {
             digest: digest.clone(),
             size,
             origin,
             slice_size,
             file: Arc::new(file),
+            mapping,
             data_path,
             map_path,
             blob_path: layout.blob_path(digest),
@@ -414,8 +432,10 @@ impl Fill {
         }
     }
 
-    /// Picks the next slice for a worker and marks it fetching.
-    fn pick(&self) -> Option<usize> {
+    /// Picks the next slice for a worker and marks it fetching. A demand-first worker serves
+    /// blocked waiters; the others go in order, so that the hashed prefix keeps up with the
+    /// download and verification does not become a tail of its own after the last byte.
+    fn pick(&self, demand_first: bool) -> Option<usize> {
         let mut st = self.state.lock().unwrap();
         if !matches!(st.outcome, Outcome::Running) {
             return None;
@@ -433,9 +453,12 @@ impl Fill {
             let from = st.waiters.values().min().map(|&o| (o / ss) as usize)?;
             (from..st.slices.len()).find(|&i| missing(&st, i))
         };
-        let pick = blocked
-            .or_else(ahead)
-            .or_else(|| (0..st.slices.len()).find(|&i| missing(&st, i)))?;
+        let lowest = || (0..st.slices.len()).find(|&i| missing(&st, i));
+        let pick = if demand_first {
+            blocked.or_else(ahead).or_else(lowest)?
+        } else {
+            lowest()?
+        };
         st.slices[pick] = SliceState::Fetching;
         Some(pick)
     }
@@ -499,6 +522,10 @@ impl Waiter {
         self.fill.file.clone()
     }
 
+    pub fn mapping(&self) -> Option<Arc<Mapping>> {
+        self.fill.mapping.clone()
+    }
+
     pub fn fill(&self) -> &Arc<Fill> {
         &self.fill
     }
@@ -512,12 +539,13 @@ impl Drop for Waiter {
 
 /// Fetches slices until none is missing or the fill ends.
 async fn worker(
+    demand_first: bool,
     fill: Arc<Fill>,
     fetcher: Arc<dyn Fetcher>,
     params: FillParams,
     counters: Arc<CacheCounters>,
 ) {
-    while let Some(i) = fill.pick() {
+    while let Some(i) = fill.pick(demand_first) {
         match fetch_slice(&fill, i, &*fetcher, params, &counters).await {
             Ok(()) => {
                 // Durable before recorded: the map never names bytes that are not on disk.
@@ -676,13 +704,19 @@ async fn hash_and_publish(fill: &Arc<Fill>) -> Result<(), FetchError> {
         };
         if avail > pos {
             let f = fill.file.clone();
-            let want = (avail - pos).min(READ_CHUNK as u64) as usize;
+            let map = fill.mapping.clone();
+            let want = (avail - pos).min(4 * READ_CHUNK as u64) as usize;
             let at = pos;
-            let (h, b) = tokio::task::spawn_blocking(move || {
+            let (h, b, n) = tokio::task::spawn_blocking(move || {
+                if let Some(map) = map {
+                    hasher.update(&map.bytes()[at as usize..at as usize + want]);
+                    return Ok((hasher, buf, want));
+                }
+                let want = want.min(buf.len());
                 let r = f.read_exact_at(&mut buf[..want], at);
                 r.map(|()| {
                     hasher.update(&buf[..want]);
-                    (hasher, buf)
+                    (hasher, buf, want)
                 })
             })
             .await
@@ -690,7 +724,7 @@ async fn hash_and_publish(fill: &Arc<Fill>) -> Result<(), FetchError> {
             .map_err(|e| FetchError::new("disk", e.to_string()))?;
             hasher = h;
             buf = b;
-            pos += want as u64;
+            pos += n as u64;
             continue;
         }
         if rx.changed().await.is_err() {

@@ -7,6 +7,7 @@
 pub mod fill;
 pub mod layout;
 pub mod manifest;
+pub mod mapped;
 pub mod names;
 pub mod pins;
 pub mod slicemap;
