@@ -13,7 +13,8 @@
 //!   cancel the fill; kill -9 mid-fill, restart, and the fill resumes without refetching landed
 //!   slices and publishes a verified blob.
 //! - Data plane conformance (RFC 9110 Range/If-Range/If-None-Match/HEAD/416).
-//! - Stats in `lancachectl stats --json` and `/cache/stats`.
+//! - A cold `HEAD` answers the size from upstream without starting a fill.
+//! - Stats in `lancachectl stats --json` and `/cache/stats`, including fills in progress.
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
@@ -599,4 +600,45 @@ fn data_plane_conformance() {
         raw_get(http(&d), &host, "/blobs/sha256:../../etc/passwd", &[]).status,
         400
     );
+}
+
+#[test]
+fn cold_head_probes_size_and_stats_show_active_fills() {
+    let up = FakeUpstream::start();
+    let layer = blob_bytes(4 << 20, 12);
+    let dg = up.add_blob(layer.clone());
+    up.faults(Faults {
+        throttle: 1 << 20,
+        ..Default::default()
+    });
+    let d = daemon(&up, "fill_connections = 1");
+    let addr = http(&d);
+    let host = addr.to_string();
+    // No manifest seen: the 307's query names the origin and the size comes from upstream.
+    let path = format!("/blobs/{dg}?registry=registry.ollama.ai&repo=library/loose");
+    let r = raw_request(addr, "HEAD", &host, &path, &[]);
+    assert_eq!(r.status, 200);
+    assert_eq!(r.headers["content-length"], layer.len().to_string());
+    assert!(up.cdn_bytes() <= 1, "a HEAD starts no fill");
+
+    let p2 = path.clone();
+    let client = std::thread::spawn(move || raw_get(addr, &addr.to_string(), &p2, &[]));
+    let mut seen = serde_json::Value::Null;
+    wait_for("an active fill in stats", Duration::from_secs(10), || {
+        seen = d.ctl_json(&["stats"]);
+        seen["cache"]["fills"]
+            .as_array()
+            .is_some_and(|f| f.len() == 1 && f[0]["waiters"].as_u64() == Some(1))
+    });
+    let f = &seen["cache"]["fills"][0];
+    assert_eq!(f["digest"], dg.as_str());
+    assert_eq!(f["size"], layer.len() as u64);
+    assert_eq!(f["state"], "filling");
+    assert_eq!(f["model"], "registry.ollama.ai/library/loose");
+    let r = client.join().unwrap();
+    assert!(r.complete && r.body == layer);
+    let j: serde_json::Value =
+        serde_json::from_slice(&raw_get(addr, &host, "/cache/stats", &[]).body).unwrap();
+    assert_eq!(j["fills"].as_array().map(Vec::len), Some(0), "{j}");
+    assert_eq!(j["fills_completed"], 1);
 }
