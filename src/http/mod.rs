@@ -7,6 +7,7 @@
 
 pub mod body;
 pub mod router;
+pub mod zerocopy;
 
 use anyhow::Result;
 use hyper::body::Incoming;
@@ -91,7 +92,13 @@ async fn accept_loop(
             local,
             tls: false,
         };
-        serve_connection(stream, peer, state.clone(), &graceful);
+        // Blob bodies that are slices of mapped files leave through sendfile(2).
+        serve_connection(
+            zerocopy::ZeroCopyStream(stream),
+            peer,
+            state.clone(),
+            &graceful,
+        );
     }
 }
 
