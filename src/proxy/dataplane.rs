@@ -180,6 +180,42 @@ pub async fn serve(
     }
 }
 
+/// Starts the fill of a cold blob whose origin and size are known, without serving it: a
+/// registry-API GET does this before answering its 307, so upstream bytes are already on their
+/// way when the client's ranged GETs reach the data plane.
+pub fn prefetch(state: &Arc<State>, digest: &Digest) {
+    if state.layout.blob_path(digest).exists() {
+        return;
+    }
+    let Some(KnownBlob {
+        registry,
+        repository,
+        size: Some(size),
+    }) = state.proxy.known(digest)
+    else {
+        return;
+    };
+    let cfg = state.config();
+    let fetcher = Arc::new(fetch::RegistryFetcher::new(
+        state.clone(),
+        &registry,
+        &repository,
+        digest,
+        size,
+    ));
+    let origin = Origin {
+        registry,
+        repository,
+    };
+    if let Err(e) = state
+        .proxy
+        .fills
+        .join(digest, size, origin, fill_params(&cfg), fetcher)
+    {
+        tracing::warn!(%digest, "cannot start fill: {e}");
+    }
+}
+
 /// Opens a published blob without following a symlink planted in `blobs/`.
 fn open_published(path: &std::path::Path) -> std::io::Result<std::fs::File> {
     use std::os::unix::fs::OpenOptionsExt;

@@ -135,6 +135,10 @@ pub async fn handle(req: Request<Incoming>, peer: Peer, state: &Arc<State>) -> R
                 )
                 .await;
             }
+            if req.method() == Method::GET {
+                // The client is about to fetch it: start the fill now (no-op if cached/filling).
+                super::dataplane::prefetch(state, &digest);
+            }
             let location = format!("{public}/blobs/{digest}?registry={registry}&repo={name}");
             let mut r = Response::new(body::empty());
             *r.status_mut() = StatusCode::TEMPORARY_REDIRECT;
