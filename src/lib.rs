@@ -14,6 +14,7 @@ pub mod http;
 pub mod listeners;
 pub mod logging;
 pub mod notify;
+pub mod proxy;
 pub mod reload;
 pub mod state;
 pub mod store;

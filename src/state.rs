@@ -41,6 +41,8 @@ pub struct State {
     prefetcher: OnceLock<Arc<dyn Prefetcher>>,
     /// The cache's CA and the leaf certificates in force (HTTPS, `/ca.crt`, `lancachectl ca`).
     pub tls: crate::tls::TlsState,
+    /// The caching registry proxy: upstream client, fills in flight, cache counters.
+    pub proxy: crate::proxy::Proxy,
 }
 
 impl State {
@@ -48,6 +50,8 @@ impl State {
         let config = Arc::new(config);
         let layout = Layout::new(&config.cache.dir);
         let (config_tx, _) = watch::channel(config.clone());
+        let pins = Pins::default();
+        let proxy = crate::proxy::Proxy::new(layout.clone(), pins.clone(), &config);
         Arc::new(State {
             config: ArcSwap::new(config),
             config_tx,
@@ -58,11 +62,12 @@ impl State {
             counters: Counters::default(),
             index: Index::new(&layout),
             layout,
-            pins: Pins::default(),
             distribution: crate::distribution::Distribution::default(),
             lifecycle: Lifecycle::default(),
             prefetcher: OnceLock::new(),
             tls: Default::default(),
+            pins,
+            proxy,
         })
     }
 

@@ -277,6 +277,8 @@ pub fn stats(state: &State) -> Stats {
     ] {
         stats.http.responses.insert(class.to_string(), get(counter));
     }
+    stats.cache = Some(crate::proxy::cache_stats(state));
+    // Last: it fills only the usage fields of the cache section the proxy made.
     crate::store::eviction::add_stats(state, &mut stats);
     stats
 }

@@ -8,6 +8,7 @@
 pub mod body;
 pub mod metrics;
 pub mod router;
+pub mod zerocopy;
 
 use anyhow::Result;
 use hyper::body::Incoming;
@@ -41,6 +42,7 @@ pub async fn run(
     cancel: CancellationToken,
 ) -> Result<()> {
     let graceful = Arc::new(GracefulShutdown::new());
+    crate::proxy::resume_leftovers(&state);
     let mut accept_loops = tokio::task::JoinSet::new();
     for l in listeners {
         l.set_nonblocking(true)?;
@@ -91,7 +93,13 @@ async fn accept_loop(
             local,
             tls: false,
         };
-        serve_connection(stream, peer, state.clone(), &graceful);
+        // Blob bodies that are slices of mapped files leave through sendfile(2).
+        serve_connection(
+            zerocopy::ZeroCopyStream(stream),
+            peer,
+            state.clone(),
+            &graceful,
+        );
     }
 }
 

@@ -25,9 +25,33 @@ pub async fn route(req: Request<Incoming>, peer: Peer, state: Arc<State>) -> Res
 
 async fn dispatch(req: Request<Incoming>, peer: Peer, state: &Arc<State>) -> Response<Body> {
     use crate::distribution::{api, models, scripts, webui};
+    if req
+        .headers()
+        .contains_key(crate::proxy::upstream::LOOP_HEADER)
+    {
+        // Our own upstream request came back to us (DNS points the registry at the cache).
+        return body::text(
+            StatusCode::LOOP_DETECTED,
+            "request loop: this request came from lancached itself",
+        );
+    }
     let path = req.uri().path();
     match (req.method(), path) {
         (&Method::GET | &Method::HEAD, "/health") => health(state),
+        (&Method::GET | &Method::HEAD, "/cache/stats") => {
+            body::json(StatusCode::OK, &crate::proxy::cache_stats(state))
+        }
+        (&Method::GET | &Method::HEAD, p) if p == "/v2" || p.starts_with("/v2/") => {
+            crate::proxy::registry::handle(req, peer, state).await
+        }
+        (&Method::GET | &Method::HEAD, p) if p.starts_with("/blobs/") => {
+            crate::proxy::dataplane::handle(req, state).await
+        }
+        (_, p) if p == "/v2" || p.starts_with("/v2/") => crate::proxy::registry::error(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "UNSUPPORTED",
+            "this cache is read-only",
+        ),
         (&Method::GET | &Method::HEAD, "/") => webui::page(),
         (&Method::GET | &Method::HEAD, "/api/models") => api::models(&req, peer, state).await,
         (&Method::GET | &Method::HEAD, "/api/info") => api::info(&req, peer, state).await,

@@ -66,6 +66,15 @@ impl Manifest {
     pub fn total_size(&self) -> u64 {
         self.blobs().map(|l| l.size).sum()
     }
+
+    /// "Complete": every referenced blob is published in the cache with its declared size, so
+    /// the model can be served without upstream.
+    pub fn is_complete(&self, layout: &super::Layout) -> bool {
+        self.blobs().all(|l| {
+            std::fs::symlink_metadata(layout.blob_path(&l.digest))
+                .is_ok_and(|m| m.is_file() && m.len() == l.size)
+        })
+    }
 }
 
 #[cfg(test)]
@@ -83,5 +92,18 @@ mod tests {
         assert_eq!(m.total_size(), 1485);
         assert_eq!(m.blobs().count(), 2);
         assert!(Manifest::parse(br#"{"config":{"digest":"sha256:../x","size":1}}"#).is_err());
+
+        let tmp = tempfile::tempdir().unwrap();
+        let layout = crate::store::Layout::new(tmp.path());
+        layout.create().unwrap();
+        assert!(!m.is_complete(&layout));
+        std::fs::write(layout.blob_path(&m.config.digest), vec![0u8; 485]).unwrap();
+        std::fs::write(layout.blob_path(&m.layers[0].digest), vec![0u8; 999]).unwrap();
+        assert!(
+            !m.is_complete(&layout),
+            "a blob of the wrong size is not complete"
+        );
+        std::fs::write(layout.blob_path(&m.layers[0].digest), vec![0u8; 1000]).unwrap();
+        assert!(m.is_complete(&layout));
     }
 }

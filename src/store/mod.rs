@@ -3,17 +3,22 @@
 //! [`manifest`] reads the blob references out of manifest bytes; [`pins`] protects blobs in use
 //! from deletion. The lifecycle: [`index`] (access times, hits, fetched-or-found), [`usage`],
 //! [`prune`], [`eviction`] (the `cache` subsystem and `ensure_space`), [`models`] (the listing)
-//! and [`prefetch`] (the interface to the fill engine).
+//! and [`prefetch`] (the interface to the fill engine). [`fill`] brings cold blobs in from upstream (single-flight, sliced, verified
+//! before publishing) with its durable [`slicemap`]; [`stats`] counts what the cache does.
 
 pub mod eviction;
+pub mod fill;
 pub mod index;
 pub mod layout;
 pub mod manifest;
+pub mod mapped;
 pub mod models;
 pub mod names;
 pub mod pins;
 pub mod prefetch;
 pub mod prune;
+pub mod slicemap;
+pub mod stats;
 pub mod usage;
 
 pub use index::Index;

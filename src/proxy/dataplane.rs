@@ -1,0 +1,522 @@
+//! The data plane: `GET|HEAD /blobs/sha256:<hex>` on the cache's own address, where registry
+//! blob requests are redirected and where Ollama's up-to-16 parallel ranged GETs land.
+//!
+//! Ollama does not check the status of its ranged GETs, so Range must be exact: one range
+//! (`a-b`, `a-`, `-n`) answers 206 with `Content-Range`; an unsatisfiable one 416 with
+//! `bytes */size`; several ranges, or a Range whose `If-Range` does not match, the whole 200.
+//! Strong `ETag` = the digest (the bytes can never change), `If-None-Match` answers 304, no
+//! content coding. Bodies are read in large chunks straight from the file (or, for a cold blob,
+//! from the fill as its bytes land) without ever holding the blob in memory; a fill that fails
+//! aborts the body, so a client never mistakes a partial blob for a whole one.
+
+use bytes::Bytes;
+use futures_util::stream;
+use futures_util::StreamExt;
+use http::{header, HeaderMap, HeaderValue, Method, Request, Response, StatusCode};
+use http_body_util::{BodyExt, StreamBody};
+use hyper::body::{Frame, Incoming};
+use std::os::unix::fs::FileExt;
+use std::sync::Arc;
+
+use super::registry::error as registry_error;
+use super::{fetch, fill_params, KnownBlob};
+use crate::http::body::{self, Body};
+use crate::state::State;
+use crate::store::fill::{Joined, Origin, Waiter, READ_CHUNK};
+use crate::store::names::valid_host;
+use crate::store::pins::Pin;
+use crate::store::stats::Event;
+use crate::store::{Digest, ModelRef};
+
+/// `/blobs/<digest>[?registry=..&repo=..]`.
+pub async fn handle(req: Request<Incoming>, state: &Arc<State>) -> Response<Body> {
+    let raw = req.uri().path().trim_start_matches("/blobs/");
+    let digest = match Digest::parse(raw) {
+        Ok(d) => d,
+        Err(e) => return registry_error(StatusCode::BAD_REQUEST, "DIGEST_INVALID", &e.message),
+    };
+    // The 307 from the registry API names the blob's origin, so a fill can always start here.
+    let mut origin = None;
+    let (mut reg, mut repo) = (None, None);
+    for (k, v) in req
+        .uri()
+        .query()
+        .unwrap_or("")
+        .split('&')
+        .filter_map(|kv| kv.split_once('='))
+    {
+        match k {
+            "registry" => reg = Some(v.to_string()),
+            "repo" => repo = Some(v.to_string()),
+            _ => {}
+        }
+    }
+    if let (Some(reg), Some(repo)) = (reg, repo) {
+        if !valid_host(&reg) || ModelRef::from_repository(&reg, &repo, "latest").is_err() {
+            return registry_error(
+                StatusCode::BAD_REQUEST,
+                "NAME_INVALID",
+                "invalid registry or repo in the query",
+            );
+        }
+        origin = Some((reg, repo));
+    }
+    serve(&req, state, &digest, origin).await
+}
+
+/// Serves one blob: from `blobs/` when cached, else from its fill (started if need be).
+pub async fn serve(
+    req: &Request<Incoming>,
+    state: &Arc<State>,
+    digest: &Digest,
+    origin: Option<(String, String)>,
+) -> Response<Body> {
+    let path = state.layout.blob_path(digest);
+    let counters = &state.proxy.counters;
+    if let Some((reg, repo)) = &origin {
+        state.proxy.learn(digest, reg, repo, None);
+    }
+    let known = state.proxy.known(digest);
+    let registry = known
+        .as_ref()
+        .map(|k| k.registry.clone())
+        .unwrap_or_else(|| "local".to_string());
+    if let Ok(file) = open_published(&path) {
+        let size = match file.metadata() {
+            Ok(m) => m.len(),
+            Err(e) => return internal(e),
+        };
+        counters.count(&registry, Event::BlobHit);
+        let pin = state.pins.pin(digest);
+        return respond(req, digest, size, |start, end| {
+            counters.count(&registry, Event::BytesFromCache(end - start));
+            published_body(file, size, start, end, pin)
+        });
+    }
+    let Some(KnownBlob {
+        registry,
+        repository,
+        size,
+    }) = known
+    else {
+        return registry_error(
+            StatusCode::NOT_FOUND,
+            "BLOB_UNKNOWN",
+            &format!(
+                "{digest} is not cached and its repository is unknown (ask via /v2/<name>/blobs/)"
+            ),
+        );
+    };
+    // The size for a cold HEAD (and for the fill) comes from the manifest, else from upstream.
+    let size = match size {
+        Some(s) => s,
+        None => match fetch::probe_size(state, &registry, &repository, digest).await {
+            Ok(Some(s)) => {
+                state.proxy.learn(digest, &registry, &repository, Some(s));
+                s
+            }
+            Ok(None) => {
+                return registry_error(
+                    StatusCode::NOT_FOUND,
+                    "BLOB_UNKNOWN",
+                    &format!("{digest} not found upstream"),
+                )
+            }
+            Err(e) => {
+                counters.failure(e.kind);
+                return registry_error(StatusCode::BAD_GATEWAY, "UNAVAILABLE", &e.to_string());
+            }
+        },
+    };
+    if req.method() == Method::HEAD {
+        return respond(req, digest, size, |_, _| body::empty());
+    }
+    let plan = plan_for(req.headers(), size, &format!("\"{digest}\""));
+    if !matches!(plan, Plan::Whole | Plan::Part(..)) {
+        return respond(req, digest, size, |_, _| body::empty());
+    }
+    counters.count(&registry, Event::BlobMiss);
+    let cfg = state.config();
+    let fetcher = Arc::new(fetch::RegistryFetcher::new(
+        state.clone(),
+        &registry,
+        &repository,
+        digest,
+        size,
+    ));
+    let origin = Origin {
+        registry: registry.clone(),
+        repository,
+    };
+    match state
+        .proxy
+        .fills
+        .join(digest, size, origin, fill_params(&cfg), fetcher)
+    {
+        Ok(Joined::Published) => match open_published(&path) {
+            Ok(file) => {
+                // Published between our look and the join: the file's own size is the truth.
+                let size = match file.metadata() {
+                    Ok(m) => m.len(),
+                    Err(e) => return internal(e),
+                };
+                let pin = state.pins.pin(digest);
+                respond(req, digest, size, |start, end| {
+                    published_body(file, size, start, end, pin)
+                })
+            }
+            Err(e) => internal(e),
+        },
+        Ok(Joined::Filling(fill)) => {
+            let pin = state.pins.pin(digest);
+            respond(req, digest, size, |start, end| {
+                file_body(Source::Fill(fill.waiter(start)), start, end, pin)
+            })
+        }
+        Err(e) => {
+            counters.failure("disk");
+            internal(e)
+        }
+    }
+}
+
+/// Starts the fill of a cold blob whose origin and size are known, without serving it: a
+/// registry-API GET does this before answering its 307, so upstream bytes are already on their
+/// way when the client's ranged GETs reach the data plane.
+pub fn prefetch(state: &Arc<State>, digest: &Digest) {
+    if state.layout.blob_path(digest).exists() {
+        return;
+    }
+    let Some(KnownBlob {
+        registry,
+        repository,
+        size: Some(size),
+    }) = state.proxy.known(digest)
+    else {
+        return;
+    };
+    let cfg = state.config();
+    let fetcher = Arc::new(fetch::RegistryFetcher::new(
+        state.clone(),
+        &registry,
+        &repository,
+        digest,
+        size,
+    ));
+    let origin = Origin {
+        registry,
+        repository,
+    };
+    if let Err(e) = state
+        .proxy
+        .fills
+        .join(digest, size, origin, fill_params(&cfg), fetcher)
+    {
+        tracing::warn!(%digest, "cannot start fill: {e}");
+    }
+}
+
+/// Opens a published blob without following a symlink planted in `blobs/`.
+fn open_published(path: &std::path::Path) -> std::io::Result<std::fs::File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(path)?;
+    if !f.metadata()?.is_file() {
+        return Err(std::io::Error::other("not a regular file"));
+    }
+    Ok(f)
+}
+
+fn internal(e: std::io::Error) -> Response<Body> {
+    tracing::error!("data plane: {e}");
+    registry_error(StatusCode::INTERNAL_SERVER_ERROR, "UNKNOWN", &e.to_string())
+}
+
+/// What a request asks of a blob of `size` bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Plan {
+    Whole,
+    /// Bytes `start..end` (end exclusive).
+    Part(u64, u64),
+    NotModified,
+    Unsatisfiable,
+}
+
+fn etag_matches(list: &str, etag: &str) -> bool {
+    list.split(',')
+        .map(str::trim)
+        .any(|t| t == "*" || t == etag || t.strip_prefix("W/") == Some(etag))
+}
+
+/// Decides the answer from `If-None-Match`, `Range` and `If-Range` (RFC 9110 §13, §14).
+pub fn plan_for(headers: &HeaderMap, size: u64, etag: &str) -> Plan {
+    if let Some(inm) = headers
+        .get(header::IF_NONE_MATCH)
+        .and_then(|v| v.to_str().ok())
+    {
+        if etag_matches(inm, etag) {
+            return Plan::NotModified;
+        }
+    }
+    let Some(range) = headers.get(header::RANGE).and_then(|v| v.to_str().ok()) else {
+        return Plan::Whole;
+    };
+    // If-Range with anything but our (strong) ETag, a date included, means "send it all".
+    if let Some(ir) = headers.get(header::IF_RANGE) {
+        if ir.to_str().ok().map(str::trim) != Some(etag) {
+            return Plan::Whole;
+        }
+    }
+    let Some(spec) = range
+        .trim()
+        .get(..6)
+        .filter(|u| u.eq_ignore_ascii_case("bytes="))
+        .map(|_| range.trim()[6..].trim())
+    else {
+        return Plan::Whole;
+    };
+    if spec.contains(',') {
+        // Several ranges: the whole body is a valid answer (RFC 9110 §14.2).
+        return Plan::Whole;
+    }
+    let Some((a, b)) = spec.split_once('-') else {
+        return Plan::Whole;
+    };
+    let (a, b) = (a.trim(), b.trim());
+    let num = |s: &str| -> Option<u64> {
+        if s.is_empty() || !s.bytes().all(|c| c.is_ascii_digit()) {
+            None
+        } else {
+            s.parse().ok()
+        }
+    };
+    if a.is_empty() {
+        // Suffix range: the last n bytes.
+        let Some(n) = num(b) else { return Plan::Whole };
+        if n == 0 || size == 0 {
+            return Plan::Unsatisfiable;
+        }
+        return Plan::Part(size - n.min(size), size);
+    }
+    let Some(first) = num(a) else {
+        return Plan::Whole;
+    };
+    let last = if b.is_empty() {
+        None
+    } else {
+        match num(b) {
+            Some(l) => Some(l),
+            None => return Plan::Whole,
+        }
+    };
+    if let Some(l) = last {
+        if l < first {
+            // Syntactically invalid: ignore the header.
+            return Plan::Whole;
+        }
+    }
+    if first >= size {
+        return Plan::Unsatisfiable;
+    }
+    let end = last.map_or(size, |l| (l + 1).min(size));
+    Plan::Part(first, end)
+}
+
+/// Builds the response for `plan`; `body` makes the body for bytes `start..end`.
+fn respond(
+    req: &Request<Incoming>,
+    digest: &Digest,
+    size: u64,
+    body: impl FnOnce(u64, u64) -> Body,
+) -> Response<Body> {
+    let etag = format!("\"{digest}\"");
+    let plan = plan_for(req.headers(), size, &etag);
+    let head = req.method() == Method::HEAD;
+    let mut r = Response::new(body::empty());
+    let h = r.headers_mut();
+    h.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
+    h.insert(header::ETAG, HeaderValue::from_str(&etag).expect("ascii"));
+    h.insert(
+        "docker-content-digest",
+        HeaderValue::from_str(digest.as_str()).expect("ascii"),
+    );
+    h.insert(
+        header::CACHE_CONTROL,
+        HeaderValue::from_static("public, max-age=31536000, immutable"),
+    );
+    let (status, range) = match plan {
+        Plan::NotModified => (StatusCode::NOT_MODIFIED, None),
+        Plan::Unsatisfiable => {
+            h.insert(
+                header::CONTENT_RANGE,
+                HeaderValue::from_str(&format!("bytes */{size}")).expect("ascii"),
+            );
+            h.insert(header::CONTENT_LENGTH, HeaderValue::from_static("0"));
+            (StatusCode::RANGE_NOT_SATISFIABLE, None)
+        }
+        Plan::Whole => (StatusCode::OK, Some((0, size))),
+        Plan::Part(a, b) => {
+            h.insert(
+                header::CONTENT_RANGE,
+                HeaderValue::from_str(&format!("bytes {a}-{}/{size}", b - 1)).expect("ascii"),
+            );
+            (StatusCode::PARTIAL_CONTENT, Some((a, b)))
+        }
+    };
+    *r.status_mut() = status;
+    if let Some((a, b)) = range {
+        let h = r.headers_mut();
+        h.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/octet-stream"),
+        );
+        h.insert(header::CONTENT_LENGTH, HeaderValue::from(b - a));
+        if !head {
+            *r.body_mut() = body(a, b);
+        }
+    }
+    r
+}
+
+/// A published blob's body: mapped (zero-copy into hyper), or read with pread if mapping fails.
+fn published_body(file: std::fs::File, size: u64, start: u64, end: u64, pin: Pin) -> Body {
+    match crate::store::mapped::Mapping::new(&file, size) {
+        Ok(map) => super::mapped::body(Arc::new(map), start, end, pin),
+        Err(_) => file_body(Source::File(Arc::new(file)), start, end, pin),
+    }
+}
+
+enum Source {
+    File(Arc<std::fs::File>),
+    Fill(Waiter),
+}
+
+struct Cursor {
+    source: Source,
+    pos: u64,
+    end: u64,
+    done: bool,
+    _pin: Pin,
+}
+
+/// Streams bytes `start..end` from a published file or a fill, in chunks of up to 1 MiB read
+/// with pread on the blocking pool. A failed fill ends the stream with an error (the response
+/// is aborted, never completed).
+fn file_body(source: Source, start: u64, end: u64, pin: Pin) -> Body {
+    let cursor = Cursor {
+        source,
+        pos: start,
+        end,
+        done: false,
+        _pin: pin,
+    };
+    let s = stream::unfold(cursor, |mut c| async move {
+        if c.done || c.pos >= c.end {
+            return None;
+        }
+        let (file, avail) = match &mut c.source {
+            Source::File(f) => (f.clone(), c.end - c.pos),
+            Source::Fill(w) => match w.available(c.pos).await {
+                Ok(0) => {
+                    c.done = true;
+                    return Some((Err(std::io::Error::other("fill ended early")), c));
+                }
+                Ok(n) => {
+                    if let Some(map) = w.mapping() {
+                        // Landed bytes straight from the fill's mapping, no copy.
+                        let len = n.min(c.end - c.pos).min(super::mapped::FRAME);
+                        let b = crate::store::mapped::slice(&map, c.pos, c.pos + len);
+                        c.pos += len;
+                        return Some((Ok(b), c));
+                    }
+                    (w.file(), n)
+                }
+                Err(e) => {
+                    c.done = true;
+                    return Some((Err(e), c));
+                }
+            },
+        };
+        let len = avail.min(c.end - c.pos).min(READ_CHUNK as u64) as usize;
+        let at = c.pos;
+        let read = tokio::task::spawn_blocking(move || {
+            let mut buf = vec![0u8; len];
+            file.read_exact_at(&mut buf, at).map(|()| Bytes::from(buf))
+        })
+        .await
+        .map_err(std::io::Error::other)
+        .and_then(|r| r);
+        match read {
+            Ok(b) => {
+                c.pos += b.len() as u64;
+                Some((Ok(b), c))
+            }
+            Err(e) => {
+                c.done = true;
+                Some((Err(e), c))
+            }
+        }
+    });
+    BodyExt::boxed(StreamBody::new(s.map(|r| r.map(Frame::data))))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn p(range: Option<&str>, if_range: Option<&str>, inm: Option<&str>, size: u64) -> Plan {
+        let mut h = HeaderMap::new();
+        if let Some(r) = range {
+            h.insert(header::RANGE, r.parse().unwrap());
+        }
+        if let Some(r) = if_range {
+            h.insert(header::IF_RANGE, r.parse().unwrap());
+        }
+        if let Some(r) = inm {
+            h.insert(header::IF_NONE_MATCH, r.parse().unwrap());
+        }
+        plan_for(&h, size, "\"e\"")
+    }
+
+    #[test]
+    fn ranges() {
+        assert_eq!(p(None, None, None, 10), Plan::Whole);
+        assert_eq!(p(Some("bytes=0-4"), None, None, 10), Plan::Part(0, 5));
+        assert_eq!(p(Some("bytes=5-"), None, None, 10), Plan::Part(5, 10));
+        assert_eq!(p(Some("bytes=-3"), None, None, 10), Plan::Part(7, 10));
+        assert_eq!(p(Some("bytes=-30"), None, None, 10), Plan::Part(0, 10));
+        assert_eq!(p(Some("bytes=8-100"), None, None, 10), Plan::Part(8, 10));
+        assert_eq!(p(Some("bytes=10-"), None, None, 10), Plan::Unsatisfiable);
+        assert_eq!(p(Some("bytes=-0"), None, None, 10), Plan::Unsatisfiable);
+        assert_eq!(p(Some("bytes=0-0"), None, None, 0), Plan::Unsatisfiable);
+        assert_eq!(p(Some("bytes=0-1,3-4"), None, None, 10), Plan::Whole);
+        assert_eq!(p(Some("bytes=5-2"), None, None, 10), Plan::Whole);
+        assert_eq!(p(Some("items=0-1"), None, None, 10), Plan::Whole);
+        assert_eq!(p(Some("bytes=x-1"), None, None, 10), Plan::Whole);
+        assert_eq!(
+            p(Some("bytes=0-4"), Some("\"e\""), None, 10),
+            Plan::Part(0, 5)
+        );
+        assert_eq!(
+            p(Some("bytes=0-4"), Some("\"other\""), None, 10),
+            Plan::Whole
+        );
+        assert_eq!(
+            p(
+                Some("bytes=0-4"),
+                Some("Wed, 21 Oct 2015 07:28:00 GMT"),
+                None,
+                10
+            ),
+            Plan::Whole
+        );
+        assert_eq!(p(None, None, Some("\"e\""), 10), Plan::NotModified);
+        assert_eq!(p(None, None, Some("\"x\", W/\"e\""), 10), Plan::NotModified);
+        assert_eq!(
+            p(Some("bytes=0-1"), None, Some("\"x\""), 10),
+            Plan::Part(0, 2)
+        );
+    }
+}

@@ -1,0 +1,229 @@
+//! The caching registry proxy: the heart of lancached.
+//!
+//! - [`registry`]: the Registry v2 front (`/v2/...`) that a real `ollama pull` talks to, routed
+//!   by `Host`; manifests are cached byte-exact with TTL revalidation and offline serving; blob
+//!   requests answer 307 to the data plane.
+//! - [`dataplane`]: `GET|HEAD /blobs/sha256:<hex>`, Range-exact, served from `blobs/` or from a
+//!   fill in progress.
+//! - [`upstream`]: the client that reaches registries and CDNs (own resolvers, rustls, loop guard).
+//! - [`fetch`]: how a fill gets its bytes from a registry (the store's fill engine drives it).
+//! - [`mapped`]: zero-copy bodies for published blobs (slices of a memory mapping).
+//!
+//! [`Proxy`] is the shared part that lives in `State`: the upstream client, the fills in flight,
+//! the counters, and what the cache has learnt about blobs (repository and size by digest).
+
+pub mod dataplane;
+pub mod fetch;
+pub mod mapped;
+pub mod registry;
+pub mod upstream;
+
+use lancache_protocol::{CacheStats, FillProgress};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+
+use crate::config::{BaseUrl, Config};
+use crate::http::Peer;
+use crate::state::State;
+use crate::store::fill::{FillParams, Fills, Origin};
+use crate::store::stats::CacheCounters;
+use crate::store::{Digest, Layout, Manifest, Pins};
+
+/// What the cache knows about a blob it has not necessarily stored: where it comes from and,
+/// from a manifest's layer list, how big it is.
+#[derive(Debug, Clone)]
+pub struct KnownBlob {
+    pub registry: String,
+    pub repository: String,
+    pub size: Option<u64>,
+}
+
+pub struct Proxy {
+    pub upstream: upstream::Upstream,
+    pub counters: Arc<CacheCounters>,
+    pub fills: Arc<Fills>,
+    known: Mutex<HashMap<Digest, KnownBlob>>,
+    resumed: AtomicBool,
+}
+
+impl Proxy {
+    pub fn new(layout: Layout, pins: Pins, config: &Config) -> Proxy {
+        let counters = Arc::new(CacheCounters::default());
+        Proxy {
+            upstream: upstream::Upstream::new(),
+            fills: Arc::new(Fills::new(
+                layout,
+                pins,
+                counters.clone(),
+                config.cache.max_fills,
+            )),
+            counters,
+            known: Mutex::new(HashMap::new()),
+            resumed: AtomicBool::new(false),
+        }
+    }
+
+    /// Remembers where a blob comes from (and its size when a manifest says).
+    pub fn learn(&self, digest: &Digest, registry: &str, repository: &str, size: Option<u64>) {
+        let mut known = self.known.lock().unwrap();
+        let e = known.entry(digest.clone()).or_insert_with(|| KnownBlob {
+            registry: registry.to_string(),
+            repository: repository.to_string(),
+            size,
+        });
+        e.registry = registry.to_string();
+        e.repository = repository.to_string();
+        if size.is_some() {
+            e.size = size;
+        }
+    }
+
+    /// Learns every blob of a manifest.
+    pub fn learn_manifest(&self, registry: &str, repository: &str, bytes: &[u8]) {
+        if let Ok(m) = Manifest::parse(bytes) {
+            for l in m.blobs() {
+                self.learn(&l.digest, registry, repository, Some(l.size));
+            }
+        }
+    }
+
+    pub fn known(&self, digest: &Digest) -> Option<KnownBlob> {
+        self.known.lock().unwrap().get(digest).cloned()
+    }
+}
+
+/// Fill tunables from the configuration in force.
+pub fn fill_params(cfg: &Config) -> FillParams {
+    FillParams {
+        slice_size: cfg.cache.slice_size.0,
+        connections: cfg.cache.fill_connections,
+        stall_timeout: cfg.cache.stall_timeout.0,
+    }
+}
+
+/// The upstream registry for a request's `Host`: a configured host, else the first registry.
+pub fn registry_for(cfg: &Config, host: &str) -> Option<(String, BaseUrl)> {
+    let host = strip_port(host).to_ascii_lowercase();
+    let host = host.strip_suffix('.').unwrap_or(&host);
+    cfg.upstream
+        .registries
+        .iter()
+        .find(|(k, _)| k.as_str() == host)
+        .or_else(|| cfg.upstream.registries.first())
+        .map(|(k, v)| (k.as_str().to_string(), v.clone()))
+}
+
+/// The base URL of a configured registry host.
+pub fn base_url(cfg: &Config, registry: &str) -> Option<BaseUrl> {
+    cfg.upstream
+        .registries
+        .iter()
+        .find(|(k, _)| k.as_str() == registry)
+        .map(|(_, v)| v.clone())
+}
+
+/// `host[:port]` or `[v6]:port` -> host.
+pub fn strip_port(host: &str) -> &str {
+    if let Some(rest) = host.strip_prefix('[') {
+        return rest.split(']').next().unwrap_or(rest);
+    }
+    match host.rsplit_once(':') {
+        Some((h, p)) if p.bytes().all(|b| b.is_ascii_digit()) && !h.contains(':') => h,
+        _ => host,
+    }
+}
+
+/// Where clients reach the data plane: `http.public_url`, else the first advertised address,
+/// else the address this connection arrived on (so the answer works in the client's network).
+pub fn public_base(cfg: &Config, peer: &Peer) -> String {
+    if cfg.http.public_url.is_set() {
+        return cfg.http.public_url.0.clone();
+    }
+    let ip = cfg
+        .dns
+        .advertise
+        .first()
+        .copied()
+        .unwrap_or(peer.local.ip());
+    let host = match ip {
+        std::net::IpAddr::V6(v6) => format!("[{v6}]"),
+        v4 => v4.to_string(),
+    };
+    // The data plane is plain HTTP; a TLS connection's port says nothing about it.
+    let port = if peer.tls { 80 } else { peer.local.port() };
+    if port == 80 {
+        format!("http://{host}")
+    } else {
+        format!("http://{host}:{port}")
+    }
+}
+
+/// Starts, once per process, the fills an earlier run left unfinished.
+pub fn resume_leftovers(state: &Arc<State>) {
+    if state.proxy.resumed.swap(true, Ordering::SeqCst) {
+        return;
+    }
+    let cfg = state.config();
+    for m in state.proxy.fills.leftovers() {
+        let Ok(digest) = Digest::parse(&m.digest) else {
+            continue;
+        };
+        if base_url(&cfg, &m.registry).is_none() {
+            tracing::warn!(%digest, registry = %m.registry, "not resuming fill: registry no longer configured");
+            continue;
+        }
+        state
+            .proxy
+            .learn(&digest, &m.registry, &m.repository, Some(m.size));
+        let fetcher =
+            fetch::RegistryFetcher::new(state.clone(), &m.registry, &m.repository, &digest, m.size);
+        let origin = Origin {
+            registry: m.registry.clone(),
+            repository: m.repository.clone(),
+        };
+        match state.proxy.fills.join(
+            &digest,
+            m.size,
+            origin,
+            fill_params(&cfg),
+            Arc::new(fetcher),
+        ) {
+            Ok(_) => tracing::info!(%digest, "resuming interrupted fill"),
+            Err(e) => tracing::warn!(%digest, "cannot resume fill: {e}"),
+        }
+    }
+}
+
+/// The cache section of `lancachectl stats` and `/cache/stats`.
+pub fn cache_stats(state: &State) -> CacheStats {
+    let mut s = state.proxy.counters.snapshot();
+    let cfg = state.config();
+    s.max_size = cfg.cache.max_size.0;
+    for e in std::fs::read_dir(state.layout.blobs_dir())
+        .into_iter()
+        .flatten()
+        .flatten()
+    {
+        if Digest::from_file_name(&e.file_name().to_string_lossy()).is_some() {
+            s.blobs += 1;
+            s.usage_bytes += e.metadata().map(|m| m.len()).unwrap_or(0);
+        }
+    }
+    s.models = state.layout.list_manifests().len() as u64;
+    s.fills = state
+        .proxy
+        .fills
+        .snapshot()
+        .into_iter()
+        .map(|f| FillProgress {
+            model: Some(format!("{}/{}", f.origin.registry, f.origin.repository)),
+            digest: f.digest.to_string(),
+            size: f.size,
+            landed: f.landed,
+            waiters: f.waiters,
+            state: f.state,
+        })
+        .collect();
+    s
+}

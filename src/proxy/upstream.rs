@@ -1,0 +1,270 @@
+//! The client the cache uses to reach upstream registries and their CDNs: hyper over TCP or
+//! rustls, one connection per request (fills use a handful of long requests; manifests are few).
+//!
+//! Names are resolved through `[upstream] resolvers` with hickory, never through the system
+//! resolver: on the cache box the system resolver may well be our own interceptor, which would
+//! answer registry.ollama.ai with ourselves. IP literals need no lookup. TLS trusts the webpki
+//! roots plus `[upstream] ca_file`. Every request carries the loop-guard header, and redirects
+//! (the registry's 307 to a presigned CDN URL) are followed here and never remembered.
+
+use anyhow::{anyhow, bail, Context, Result};
+use bytes::Bytes;
+use hickory_resolver::config::{NameServerConfig, ResolverConfig};
+use hickory_resolver::net::runtime::TokioRuntimeProvider;
+use hickory_resolver::TokioResolver;
+use http::{header, HeaderMap, HeaderValue, Method, Request, Response, StatusCode, Uri};
+use http_body_util::Empty;
+use hyper::body::Incoming;
+use hyper_util::rt::TokioIo;
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::TcpStream;
+use tokio_rustls::rustls::{self, pki_types};
+
+use crate::config::Config;
+
+/// Marks requests the cache sends; a request arriving with it came back to us (a DNS loop).
+pub const LOOP_HEADER: &str = "x-lancached-hop";
+
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+const MAX_REDIRECTS: usize = 5;
+
+/// Resolver and TLS settings, rebuilt when the configuration they come from changes.
+struct Setup {
+    resolvers: Vec<SocketAddr>,
+    ca_file: PathBuf,
+    resolver: Option<TokioResolver>,
+    tls: Arc<rustls::ClientConfig>,
+}
+
+pub struct Upstream {
+    setup: Mutex<Option<Arc<Setup>>>,
+}
+
+impl Default for Upstream {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Upstream {
+    pub fn new() -> Upstream {
+        Upstream {
+            setup: Mutex::new(None),
+        }
+    }
+
+    fn setup(&self, cfg: &Config) -> Result<Arc<Setup>> {
+        let mut cur = self.setup.lock().unwrap();
+        if let Some(s) = &*cur {
+            if s.resolvers == cfg.upstream.resolvers && s.ca_file == cfg.upstream.ca_file {
+                return Ok(s.clone());
+            }
+        }
+        let resolver = if cfg.upstream.resolvers.is_empty() {
+            None
+        } else {
+            let servers = cfg
+                .upstream
+                .resolvers
+                .iter()
+                .map(|a| {
+                    let mut ns = NameServerConfig::udp_and_tcp(a.ip());
+                    for c in &mut ns.connections {
+                        c.port = a.port();
+                    }
+                    ns
+                })
+                .collect();
+            Some(
+                TokioResolver::builder_with_config(
+                    ResolverConfig::from_name_servers(servers),
+                    TokioRuntimeProvider::default(),
+                )
+                .build()
+                .map_err(|e| anyhow!("cannot build the upstream resolver: {e}"))?,
+            )
+        };
+        let mut roots = rustls::RootCertStore::empty();
+        roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+        if !cfg.upstream.ca_file.as_os_str().is_empty() {
+            use pki_types::pem::PemObject;
+            let path = &cfg.upstream.ca_file;
+            let mut n = 0;
+            for cert in pki_types::CertificateDer::pem_file_iter(path)
+                .with_context(|| format!("cannot read upstream.ca_file {}", path.display()))?
+            {
+                let cert =
+                    cert.with_context(|| format!("bad certificate in {}", path.display()))?;
+                roots
+                    .add(cert)
+                    .with_context(|| format!("unusable certificate in {}", path.display()))?;
+                n += 1;
+            }
+            if n == 0 {
+                bail!("upstream.ca_file {} holds no certificate", path.display());
+            }
+        }
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let mut tls = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()?
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        tls.alpn_protocols = vec![b"http/1.1".to_vec()];
+        let s = Arc::new(Setup {
+            resolvers: cfg.upstream.resolvers.clone(),
+            ca_file: cfg.upstream.ca_file.clone(),
+            resolver,
+            tls: Arc::new(tls),
+        });
+        *cur = Some(s.clone());
+        Ok(s)
+    }
+
+    /// Sends one request, following redirects (to any host) when `follow` is set. The returned
+    /// response's extension holds the final URL.
+    pub async fn send(
+        &self,
+        cfg: &Config,
+        method: Method,
+        url: Uri,
+        headers: &HeaderMap,
+        follow: bool,
+    ) -> Result<Response<Incoming>> {
+        let setup = self.setup(cfg)?;
+        let mut url = url;
+        for _ in 0..=MAX_REDIRECTS {
+            let resp = send_once(&setup, method.clone(), &url, headers).await?;
+            let redirect = matches!(
+                resp.status(),
+                StatusCode::MOVED_PERMANENTLY
+                    | StatusCode::FOUND
+                    | StatusCode::SEE_OTHER
+                    | StatusCode::TEMPORARY_REDIRECT
+                    | StatusCode::PERMANENT_REDIRECT
+            );
+            if !(follow && redirect) {
+                return Ok(resp);
+            }
+            let loc = resp
+                .headers()
+                .get(header::LOCATION)
+                .and_then(|v| v.to_str().ok())
+                .ok_or_else(|| anyhow!("{} from {url} without a Location", resp.status()))?;
+            url = join_url(&url, loc)?;
+        }
+        bail!("too many redirects (last: {url})")
+    }
+}
+
+/// Resolves `loc` (absolute, or absolute-path) against `base`.
+fn join_url(base: &Uri, loc: &str) -> Result<Uri> {
+    if loc.starts_with("http://") || loc.starts_with("https://") {
+        return loc.parse().with_context(|| format!("bad Location {loc:?}"));
+    }
+    if loc.starts_with('/') {
+        let mut parts = base.clone().into_parts();
+        parts.path_and_query = Some(
+            loc.parse()
+                .with_context(|| format!("bad Location {loc:?}"))?,
+        );
+        return Uri::from_parts(parts).with_context(|| format!("bad Location {loc:?}"));
+    }
+    bail!("unsupported relative Location {loc:?}")
+}
+
+async fn send_once(
+    setup: &Setup,
+    method: Method,
+    url: &Uri,
+    headers: &HeaderMap,
+) -> Result<Response<Incoming>> {
+    let https = match url.scheme_str() {
+        Some("https") => true,
+        Some("http") => false,
+        _ => bail!("unsupported URL {url}"),
+    };
+    let host = url.host().ok_or_else(|| anyhow!("no host in {url}"))?;
+    let bare = host.trim_start_matches('[').trim_end_matches(']');
+    let port = url.port_u16().unwrap_or(if https { 443 } else { 80 });
+    let addrs: Vec<IpAddr> = match bare.parse::<IpAddr>() {
+        Ok(ip) => vec![ip],
+        Err(_) => {
+            let resolver = setup
+                .resolver
+                .as_ref()
+                .ok_or_else(|| anyhow!("cannot resolve {bare}: upstream.resolvers is empty"))?;
+            let lookup = resolver
+                .lookup_ip(bare)
+                .await
+                .map_err(|e| anyhow!("cannot resolve {bare}: {e}"))?;
+            lookup.iter().collect()
+        }
+    };
+    let mut stream = None;
+    let mut last_err = anyhow!("{bare} has no addresses");
+    for ip in addrs {
+        let addr = SocketAddr::new(ip, port);
+        match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(addr)).await {
+            Ok(Ok(s)) => {
+                stream = Some(s);
+                break;
+            }
+            Ok(Err(e)) => last_err = anyhow!("cannot connect to {addr}: {e}"),
+            Err(_) => last_err = anyhow!("connecting to {addr} timed out"),
+        }
+    }
+    let stream = stream.ok_or(last_err)?;
+    let _ = stream.set_nodelay(true);
+
+    let authority = match url.port_u16() {
+        Some(p) => format!("{host}:{p}"),
+        None => host.to_string(),
+    };
+    let path = url.path_and_query().map(|p| p.as_str()).unwrap_or("/");
+    let mut req = Request::builder().method(method).uri(path);
+    for (k, v) in headers {
+        req = req.header(k, v);
+    }
+    let mut req = req.body(Empty::<Bytes>::new())?;
+    let h = req.headers_mut();
+    h.insert(header::HOST, HeaderValue::from_str(&authority)?);
+    h.insert(
+        header::USER_AGENT,
+        HeaderValue::from_static(concat!("lancached/", env!("CARGO_PKG_VERSION"))),
+    );
+    h.insert(LOOP_HEADER, HeaderValue::from_static("1"));
+    // Blobs are stored byte-exact and hashed: no content coding.
+    h.insert(
+        header::ACCEPT_ENCODING,
+        HeaderValue::from_static("identity"),
+    );
+
+    if https {
+        let name = pki_types::ServerName::try_from(bare.to_string())
+            .map_err(|e| anyhow!("bad TLS server name {bare}: {e}"))?;
+        let tls = tokio_rustls::TlsConnector::from(setup.tls.clone())
+            .connect(name, stream)
+            .await
+            .with_context(|| format!("TLS handshake with {authority}"))?;
+        exchange(tls, req).await
+    } else {
+        exchange(stream, req).await
+    }
+    .with_context(|| format!("{url}"))
+}
+
+async fn exchange<IO>(io: IO, req: Request<Empty<Bytes>>) -> Result<Response<Incoming>>
+where
+    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(io)).await?;
+    tokio::spawn(async move {
+        // The connection lives until the response body is read to its end or dropped.
+        let _ = conn.await;
+    });
+    Ok(sender.send_request(req).await?)
+}

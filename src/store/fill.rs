@@ -1,0 +1,765 @@
+//! The fill engine: brings one cold blob from upstream into the cache, once, however many
+//! clients ask for it at the same time.
+//!
+//! Per digest in flight there is one [`Fill`]: the size, a slice size, a state per slice
+//! (missing / fetching / landed, plus how many bytes of it are written), the sparse data file in
+//! `.lancached/partial/`, and the waiting responses with the offset each needs next. A few
+//! upstream workers fetch slices: half of them demand first (the lowest missing slice a waiter is
+//! blocked on, else the lowest missing slice at or after the smallest offset any waiter needs,
+//! else any), the other half in order (the lowest missing slice), which keeps the hashed prefix
+//! close behind the download so that verification adds no long tail after the last byte. Bytes reach waiters as soon as they are written, within
+//! a slice too. A landed slice is fsync'd and recorded in the [`SliceMap`], so a restart resumes
+//! without refetching it. A hashing task follows the contiguous written prefix; at the end the
+//! digest and size decide: publish by rename into `blobs/` (same inode, so open readers keep
+//! reading) or discard. Every waiter ends with exactly one of: all its bytes, or an error.
+//!
+//! A fill belongs to nobody's request: clients that leave do not cancel it.
+
+use bytes::Bytes;
+use futures_util::future::BoxFuture;
+use futures_util::stream::BoxStream;
+use futures_util::StreamExt;
+use sha2::Digest as _;
+use std::collections::HashMap;
+use std::os::unix::fs::FileExt;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::{watch, Semaphore};
+
+use super::layout::Layout;
+use super::mapped::Mapping;
+use super::names::Digest;
+use super::pins::Pins;
+use super::slicemap::SliceMap;
+use super::stats::{CacheCounters, Event};
+
+/// Attempts per slice before the fill is failed.
+const SLICE_ATTEMPTS: u32 = 5;
+/// Largest chunk a reader or the hasher reads at once.
+pub const READ_CHUNK: usize = 1 << 20;
+/// Upstream bytes are written to the data file in batches of about this size.
+const WRITE_BATCH: usize = 256 << 10;
+
+/// Why an upstream fetch failed; `kind` is the stats label.
+#[derive(Debug, Clone)]
+pub struct FetchError {
+    pub kind: &'static str,
+    pub message: String,
+}
+
+impl FetchError {
+    pub fn new(kind: &'static str, message: impl Into<String>) -> FetchError {
+        FetchError {
+            kind,
+            message: message.into(),
+        }
+    }
+}
+
+impl std::fmt::Display for FetchError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.kind, self.message)
+    }
+}
+
+pub type ByteStream = BoxStream<'static, Result<Bytes, FetchError>>;
+
+/// Fetches byte ranges of one blob from upstream. The stream must yield exactly the bytes
+/// `start..=end` (it is checked: more is an error, fewer is a truncation and retried).
+pub trait Fetcher: Send + Sync + 'static {
+    fn fetch(&self, start: u64, end: u64) -> BoxFuture<'static, Result<ByteStream, FetchError>>;
+}
+
+/// Tunables, read from `[cache]` when a fill starts.
+#[derive(Debug, Clone, Copy)]
+pub struct FillParams {
+    pub slice_size: u64,
+    pub connections: usize,
+    pub stall_timeout: Duration,
+}
+
+/// Where a fill's blob comes from (recorded in the slice map).
+#[derive(Debug, Clone)]
+pub struct Origin {
+    pub registry: String,
+    pub repository: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum SliceState {
+    Missing,
+    Fetching,
+    Landed,
+}
+
+#[derive(Debug, Clone)]
+enum Outcome {
+    Running,
+    Done,
+    Failed(String),
+}
+
+struct FillState {
+    slices: Vec<SliceState>,
+    /// Bytes written from the start of each slice (contiguous), landed or not.
+    written: Vec<u64>,
+    /// Waiter id -> the next offset it needs.
+    waiters: HashMap<u64, u64>,
+    next_waiter: u64,
+    outcome: Outcome,
+}
+
+/// One blob being filled.
+pub struct Fill {
+    pub digest: Digest,
+    pub size: u64,
+    pub origin: Origin,
+    slice_size: u64,
+    file: Arc<std::fs::File>,
+    /// The data file mapped (for readers and the hasher); `None` for an empty blob or when
+    /// mapping failed (then they pread).
+    mapping: Option<Arc<Mapping>>,
+    data_path: PathBuf,
+    map_path: PathBuf,
+    blob_path: PathBuf,
+    state: Mutex<FillState>,
+    /// Serialises slice-map writes, and orders them before publication's removal of the map.
+    map_io: Mutex<()>,
+    /// Bumped on every write and state change; waiters and the hasher sleep on it.
+    progress: watch::Sender<u64>,
+}
+
+/// What a request finds when it asks for a blob.
+pub enum Joined {
+    /// Already in `blobs/`: serve the file.
+    Published,
+    Filling(Arc<Fill>),
+}
+
+/// Progress of a fill for `lancachectl stats`.
+pub struct FillSnapshot {
+    pub digest: Digest,
+    pub origin: Origin,
+    pub size: u64,
+    pub landed: u64,
+    pub waiters: u32,
+    pub state: String,
+}
+
+/// All fills in flight (single-flight per digest) and the bound on how many run at once.
+pub struct Fills {
+    layout: Layout,
+    pins: Pins,
+    counters: Arc<CacheCounters>,
+    active: Mutex<HashMap<Digest, Arc<Fill>>>,
+    permits: Arc<Semaphore>,
+}
+
+impl Fills {
+    pub fn new(
+        layout: Layout,
+        pins: Pins,
+        counters: Arc<CacheCounters>,
+        max_fills: usize,
+    ) -> Fills {
+        Fills {
+            layout,
+            pins,
+            counters,
+            active: Mutex::new(HashMap::new()),
+            permits: Arc::new(Semaphore::new(max_fills.max(1))),
+        }
+    }
+
+    /// Joins the fill in flight for `digest`, or starts one (resuming from a slice map left by
+    /// an earlier run when it matches).
+    pub fn join(
+        self: &Arc<Self>,
+        digest: &Digest,
+        size: u64,
+        origin: Origin,
+        params: FillParams,
+        fetcher: Arc<dyn Fetcher>,
+    ) -> std::io::Result<Joined> {
+        let mut active = self.active.lock().unwrap();
+        if let Some(f) = active.get(digest) {
+            return Ok(Joined::Filling(f.clone()));
+        }
+        let blob_path = self.layout.blob_path(digest);
+        if blob_path.exists() {
+            return Ok(Joined::Published);
+        }
+        let fill = Arc::new(Fill::open(&self.layout, digest, size, origin, params)?);
+        active.insert(digest.clone(), fill.clone());
+        drop(active);
+        let this = self.clone();
+        let f = fill.clone();
+        tokio::spawn(async move { this.drive(f, params, fetcher).await });
+        Ok(Joined::Filling(fill))
+    }
+
+    /// Fills in flight, for stats.
+    pub fn snapshot(&self) -> Vec<FillSnapshot> {
+        let active: Vec<Arc<Fill>> = self.active.lock().unwrap().values().cloned().collect();
+        let mut out: Vec<FillSnapshot> = active
+            .iter()
+            .map(|f| {
+                let st = f.state.lock().unwrap();
+                let landed = st
+                    .slices
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, s)| **s == SliceState::Landed)
+                    .map(|(i, _)| f.slice_len(i))
+                    .sum();
+                FillSnapshot {
+                    digest: f.digest.clone(),
+                    origin: f.origin.clone(),
+                    size: f.size,
+                    landed,
+                    waiters: st.waiters.len() as u32,
+                    state: match &st.outcome {
+                        Outcome::Running => "filling".into(),
+                        Outcome::Done => "done".into(),
+                        Outcome::Failed(e) => format!("failed: {e}"),
+                    },
+                }
+            })
+            .collect();
+        out.sort_by(|a, b| a.digest.cmp(&b.digest));
+        out
+    }
+
+    /// Slice maps left in `partial/` by an earlier run: fills to resume.
+    pub fn leftovers(&self) -> Vec<SliceMap> {
+        std::fs::read_dir(self.layout.partial_dir())
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter(|e| e.file_name().to_string_lossy().ends_with(".map"))
+            .filter_map(|e| {
+                let m = SliceMap::load(&e.path())?;
+                let published = Digest::parse(&m.digest)
+                    .map(|d| self.layout.blob_path(&d).exists())
+                    .unwrap_or(true);
+                if published {
+                    // Left behind by a crash between publishing and removing the map.
+                    let _ = std::fs::remove_file(e.path());
+                    let _ = std::fs::remove_file(e.path().with_extension("data"));
+                    return None;
+                }
+                Some(m)
+            })
+            .collect()
+    }
+
+    /// Runs one fill to its end: workers fetch slices, the hasher decides.
+    async fn drive(
+        self: Arc<Self>,
+        fill: Arc<Fill>,
+        params: FillParams,
+        fetcher: Arc<dyn Fetcher>,
+    ) {
+        let _pin = self.pins.pin(&fill.digest);
+        let _permit = self.permits.clone().acquire_owned().await;
+        let mut workers = tokio::task::JoinSet::new();
+        for n in 0..params.connections.max(1) {
+            // With several connections, half serve demand and half fetch in order.
+            let demand_first = n % 2 == 0;
+            workers.spawn(worker(
+                demand_first,
+                fill.clone(),
+                fetcher.clone(),
+                params,
+                self.counters.clone(),
+            ));
+        }
+        let verdict = hash_and_publish(&fill).await;
+        workers.abort_all();
+        match verdict {
+            Ok(()) => {
+                CacheCounters::bump(&self.counters.fills_completed);
+                tracing::info!(digest = %fill.digest, size = fill.size, "blob filled and verified");
+            }
+            Err(e) => {
+                CacheCounters::bump(&self.counters.fills_failed);
+                if e.kind == "digest_mismatch" || e.kind == "disk" {
+                    self.counters.failure(e.kind);
+                }
+                tracing::warn!(digest = %fill.digest, "fill failed: {e}");
+                fill.fail(e.to_string());
+            }
+        }
+        self.active.lock().unwrap().remove(&fill.digest);
+    }
+}
+
+impl Fill {
+    fn open(
+        layout: &Layout,
+        digest: &Digest,
+        size: u64,
+        origin: Origin,
+        params: FillParams,
+    ) -> std::io::Result<Fill> {
+        std::fs::create_dir_all(layout.partial_dir())?;
+        let data_path = layout
+            .partial_dir()
+            .join(format!("{}.data", digest.file_name()));
+        let map_path = layout
+            .partial_dir()
+            .join(format!("{}.map", digest.file_name()));
+        let slice_size = params.slice_size.max(64 * 1024);
+        let n = size.div_ceil(slice_size) as usize;
+        let mut slices = vec![SliceState::Missing; n];
+        let mut written = vec![0; n];
+        // A map is trusted only if it describes this very fill and its data file exists.
+        let previous = SliceMap::load(&map_path).filter(|m| {
+            m.digest == digest.as_str()
+                && m.size == size
+                && m.slice_size == slice_size
+                && data_path.exists()
+        });
+        if previous.is_none() {
+            // A new inode rather than truncating in place: a mapping of an earlier attempt's
+            // file may still be read by a response on its way out.
+            match std::fs::remove_file(&data_path) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+                _ => {}
+            }
+        }
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&data_path)?;
+        file.set_len(size)?;
+        let mapping = Mapping::new(&file, size).ok().map(Arc::new);
+        let this = Fill {
+            digest: digest.clone(),
+            size,
+            origin,
+            slice_size,
+            file: Arc::new(file),
+            mapping,
+            data_path,
+            map_path,
+            blob_path: layout.blob_path(digest),
+            state: Mutex::new(FillState {
+                slices: vec![],
+                written: vec![],
+                waiters: HashMap::new(),
+                next_waiter: 0,
+                outcome: Outcome::Running,
+            }),
+            map_io: Mutex::new(()),
+            progress: watch::channel(0).0,
+        };
+        if let Some(m) = &previous {
+            for &i in &m.landed {
+                if let Some(s) = slices.get_mut(i as usize) {
+                    *s = SliceState::Landed;
+                    written[i as usize] = this.slice_len(i as usize);
+                }
+            }
+            tracing::info!(digest = %digest, landed = m.landed.len(), of = n, "resuming fill");
+        } else {
+            this.map().store(&this.map_path)?;
+        }
+        {
+            let mut st = this.state.lock().unwrap();
+            st.slices = slices;
+            st.written = written;
+        }
+        if previous.is_some() {
+            this.map().store(&this.map_path)?;
+        }
+        Ok(this)
+    }
+
+    fn slice_start(&self, i: usize) -> u64 {
+        i as u64 * self.slice_size
+    }
+
+    fn slice_len(&self, i: usize) -> u64 {
+        (self.size - self.slice_start(i)).min(self.slice_size)
+    }
+
+    fn map(&self) -> SliceMap {
+        let st = self.state.lock().unwrap();
+        SliceMap {
+            digest: self.digest.to_string(),
+            size: self.size,
+            slice_size: self.slice_size,
+            registry: self.origin.registry.clone(),
+            repository: self.origin.repository.clone(),
+            landed: st
+                .slices
+                .iter()
+                .enumerate()
+                .filter(|(_, s)| **s == SliceState::Landed)
+                .map(|(i, _)| i as u64)
+                .collect(),
+        }
+    }
+
+    fn notify(&self) {
+        self.progress.send_modify(|g| *g = g.wrapping_add(1));
+    }
+
+    fn fail(&self, why: String) {
+        let mut st = self.state.lock().unwrap();
+        if matches!(st.outcome, Outcome::Running) {
+            st.outcome = Outcome::Failed(why);
+        }
+        drop(st);
+        self.notify();
+    }
+
+    /// A reader of the blob from `offset` on; it tells the schedulers what it needs.
+    pub fn waiter(self: &Arc<Self>, offset: u64) -> Waiter {
+        let mut st = self.state.lock().unwrap();
+        let id = st.next_waiter;
+        st.next_waiter += 1;
+        st.waiters.insert(id, offset);
+        drop(st);
+        Waiter {
+            fill: self.clone(),
+            id,
+            rx: self.progress.subscribe(),
+        }
+    }
+
+    /// Picks the next slice for a worker and marks it fetching. A demand-first worker serves
+    /// blocked waiters; the others go in order, so that the hashed prefix keeps up with the
+    /// download and verification does not become a tail of its own after the last byte.
+    fn pick(&self, demand_first: bool) -> Option<usize> {
+        let mut st = self.state.lock().unwrap();
+        if !matches!(st.outcome, Outcome::Running) {
+            return None;
+        }
+        let missing = |st: &FillState, i: usize| st.slices.get(i) == Some(&SliceState::Missing);
+        let ss = self.slice_size;
+        // A waiter blocked on a slice nobody fetches yet comes first (lowest such slice).
+        let blocked = st
+            .waiters
+            .values()
+            .map(|&o| (o / ss) as usize)
+            .filter(|&i| missing(&st, i))
+            .min();
+        let ahead = || {
+            let from = st.waiters.values().min().map(|&o| (o / ss) as usize)?;
+            (from..st.slices.len()).find(|&i| missing(&st, i))
+        };
+        let lowest = || (0..st.slices.len()).find(|&i| missing(&st, i));
+        let pick = if demand_first {
+            blocked.or_else(ahead).or_else(lowest)?
+        } else {
+            lowest()?
+        };
+        st.slices[pick] = SliceState::Fetching;
+        Some(pick)
+    }
+
+    /// The end of the contiguous written prefix starting at `pos`'s slice.
+    fn contiguous_end(&self, st: &FillState, pos: u64) -> u64 {
+        let mut i = (pos / self.slice_size) as usize;
+        let mut end = pos;
+        while i < st.slices.len() {
+            end = self.slice_start(i) + st.written[i];
+            if st.written[i] < self.slice_len(i) {
+                break;
+            }
+            i += 1;
+        }
+        end.max(pos)
+    }
+}
+
+/// One reader of a fill. Dropping it (client gone) only removes its demand.
+pub struct Waiter {
+    fill: Arc<Fill>,
+    id: u64,
+    rx: watch::Receiver<u64>,
+}
+
+impl Waiter {
+    /// Waits until the byte at `pos` is written and returns how many bytes from `pos` on are
+    /// readable now; an error once the fill has failed.
+    pub async fn available(&mut self, pos: u64) -> std::io::Result<u64> {
+        loop {
+            self.rx.borrow_and_update();
+            {
+                let mut st = self.fill.state.lock().unwrap();
+                st.waiters.insert(self.id, pos);
+                if let Outcome::Failed(e) = &st.outcome {
+                    return Err(std::io::Error::other(format!("fill failed: {e}")));
+                }
+                if pos >= self.fill.size {
+                    return Ok(0);
+                }
+                // The blob's last byte goes out only once the whole blob is verified, so a
+                // response that ends at the end of the blob never completes with bad bytes.
+                let limit = match st.outcome {
+                    Outcome::Done => self.fill.size,
+                    _ => self.fill.size - 1,
+                };
+                let i = (pos / self.fill.slice_size) as usize;
+                let end = (self.fill.slice_start(i) + st.written[i]).min(limit);
+                if end > pos {
+                    return Ok(end - pos);
+                }
+            }
+            if self.rx.changed().await.is_err() {
+                return Err(std::io::Error::other("fill ended"));
+            }
+        }
+    }
+
+    pub fn file(&self) -> Arc<std::fs::File> {
+        self.fill.file.clone()
+    }
+
+    pub fn mapping(&self) -> Option<Arc<Mapping>> {
+        self.fill.mapping.clone()
+    }
+
+    pub fn fill(&self) -> &Arc<Fill> {
+        &self.fill
+    }
+}
+
+impl Drop for Waiter {
+    fn drop(&mut self) {
+        self.fill.state.lock().unwrap().waiters.remove(&self.id);
+    }
+}
+
+/// Fetches slices until none is missing or the fill ends.
+async fn worker(
+    demand_first: bool,
+    fill: Arc<Fill>,
+    fetcher: Arc<dyn Fetcher>,
+    params: FillParams,
+    counters: Arc<CacheCounters>,
+) {
+    while let Some(i) = fill.pick(demand_first) {
+        match fetch_slice(&fill, i, &*fetcher, params, &counters).await {
+            Ok(()) => {
+                // Durable before recorded: the map never names bytes that are not on disk.
+                let f = fill.clone();
+                let persisted = tokio::task::spawn_blocking(move || {
+                    f.file.sync_data()?;
+                    let _io = f.map_io.lock().unwrap();
+                    let mut st = f.state.lock().unwrap();
+                    st.slices[i] = SliceState::Landed;
+                    if !matches!(st.outcome, Outcome::Running) {
+                        // Already published or failed: the map is gone or irrelevant.
+                        return Ok(());
+                    }
+                    drop(st);
+                    f.map().store(&f.map_path)
+                })
+                .await
+                .map_err(std::io::Error::other)
+                .and_then(|r| r);
+                if let Err(e) = persisted {
+                    counters.failure("disk");
+                    fill.fail(format!("cannot record slice {i}: {e}"));
+                    return;
+                }
+                fill.notify();
+            }
+            Err(e) => {
+                fill.fail(e.to_string());
+                return;
+            }
+        }
+    }
+}
+
+/// Fetches slice `i`, resuming after whatever an earlier attempt wrote; retries with backoff.
+async fn fetch_slice(
+    fill: &Fill,
+    i: usize,
+    fetcher: &dyn Fetcher,
+    params: FillParams,
+    counters: &CacheCounters,
+) -> Result<(), FetchError> {
+    let start = fill.slice_start(i);
+    let end = start + fill.slice_len(i) - 1;
+    let mut last = FetchError::new("upstream", "no attempt made");
+    for attempt in 0..SLICE_ATTEMPTS {
+        if attempt > 0 {
+            let backoff =
+                Duration::from_millis(250u64 << attempt.min(5)).min(Duration::from_secs(5));
+            tokio::time::sleep(backoff).await;
+        }
+        let mut pos = start + fill.state.lock().unwrap().written[i];
+        if pos > end {
+            return Ok(());
+        }
+        let result = async {
+            let mut stream = tokio::time::timeout(params.stall_timeout, fetcher.fetch(pos, end))
+                .await
+                .map_err(|_| FetchError::new("stall", "no response from upstream"))??;
+            // Chunks are gathered into larger writes: one blocking-pool hop per WRITE_BATCH
+            // rather than per network read.
+            let mut pending = bytes::BytesMut::new();
+            let received: Result<(), FetchError> = loop {
+                match tokio::time::timeout(params.stall_timeout, stream.next()).await {
+                    Err(_) => {
+                        break Err(FetchError::new(
+                            "stall",
+                            format!("no data from upstream for {:?}", params.stall_timeout),
+                        ))
+                    }
+                    Ok(None) => break Ok(()),
+                    Ok(Some(Err(e))) => break Err(e),
+                    Ok(Some(Ok(chunk))) => {
+                        if pos + (pending.len() + chunk.len()) as u64 > end + 1 {
+                            break Err(FetchError::new(
+                                "upstream_overrun",
+                                "upstream sent more than asked",
+                            ));
+                        }
+                        pending.extend_from_slice(&chunk);
+                        if pending.len() >= WRITE_BATCH {
+                            write_pending(fill, i, start, &mut pos, &mut pending, counters).await?;
+                        }
+                    }
+                }
+            };
+            // What arrived before an error is good data at the right offset: keep it, so the
+            // retry resumes after it.
+            write_pending(fill, i, start, &mut pos, &mut pending, counters).await?;
+            received?;
+            if pos != end + 1 {
+                return Err(FetchError::new(
+                    "truncated",
+                    format!("upstream ended at byte {pos}, expected up to {}", end + 1),
+                ));
+            }
+            Ok(())
+        }
+        .await;
+        match result {
+            Ok(()) => return Ok(()),
+            Err(e) => {
+                counters.failure(e.kind);
+                tracing::warn!(digest = %fill.digest, slice = i, attempt, "slice fetch failed: {e}");
+                if e.kind == "disk" || e.kind == "upstream_not_found" {
+                    return Err(e);
+                }
+                last = e;
+            }
+        }
+    }
+    Err(last)
+}
+
+/// Writes gathered bytes at `pos` and tells the waiters.
+async fn write_pending(
+    fill: &Fill,
+    i: usize,
+    start: u64,
+    pos: &mut u64,
+    pending: &mut bytes::BytesMut,
+    counters: &CacheCounters,
+) -> Result<(), FetchError> {
+    if pending.is_empty() {
+        return Ok(());
+    }
+    let buf = pending.split().freeze();
+    let n = buf.len() as u64;
+    let file = fill.file.clone();
+    let at = *pos;
+    tokio::task::spawn_blocking(move || file.write_all_at(&buf, at))
+        .await
+        .map_err(|e| FetchError::new("disk", e.to_string()))?
+        .map_err(|e| FetchError::new("disk", e.to_string()))?;
+    *pos += n;
+    fill.state.lock().unwrap().written[i] = *pos - start;
+    counters.count(&fill.origin.registry, Event::BytesFromUpstream(n));
+    fill.notify();
+    Ok(())
+}
+
+/// Hashes the contiguous written prefix as it grows; at the end publishes or discards.
+async fn hash_and_publish(fill: &Arc<Fill>) -> Result<(), FetchError> {
+    let mut rx = fill.progress.subscribe();
+    let mut hasher = sha2::Sha256::new();
+    let mut pos = 0u64;
+    let mut buf = vec![0u8; READ_CHUNK];
+    while pos < fill.size {
+        rx.borrow_and_update();
+        let avail = {
+            let st = fill.state.lock().unwrap();
+            if let Outcome::Failed(e) = &st.outcome {
+                return Err(FetchError::new("failed", e.clone()));
+            }
+            fill.contiguous_end(&st, pos)
+        };
+        if avail > pos {
+            let f = fill.file.clone();
+            let map = fill.mapping.clone();
+            let want = (avail - pos).min(4 * READ_CHUNK as u64) as usize;
+            let at = pos;
+            let (h, b, n) = tokio::task::spawn_blocking(move || {
+                if let Some(map) = map {
+                    hasher.update(&map.bytes()[at as usize..at as usize + want]);
+                    return Ok((hasher, buf, want));
+                }
+                let want = want.min(buf.len());
+                let r = f.read_exact_at(&mut buf[..want], at);
+                r.map(|()| {
+                    hasher.update(&buf[..want]);
+                    (hasher, buf, want)
+                })
+            })
+            .await
+            .map_err(|e| FetchError::new("disk", e.to_string()))?
+            .map_err(|e| FetchError::new("disk", e.to_string()))?;
+            hasher = h;
+            buf = b;
+            pos += n as u64;
+            continue;
+        }
+        if rx.changed().await.is_err() {
+            return Err(FetchError::new("failed", "fill dropped"));
+        }
+    }
+    let got = format!("sha256:{}", hex::encode(hasher.finalize()));
+    let f = fill.clone();
+    if got != fill.digest.as_str() {
+        let _ = tokio::task::spawn_blocking(move || {
+            let _io = f.map_io.lock().unwrap();
+            f.state.lock().unwrap().outcome = Outcome::Failed("digest mismatch".into());
+            let _ = std::fs::remove_file(&f.map_path);
+            let _ = std::fs::remove_file(&f.data_path);
+        })
+        .await;
+        return Err(FetchError::new(
+            "digest_mismatch",
+            format!("upstream bytes hash to {got}; discarded"),
+        ));
+    }
+    tokio::task::spawn_blocking(move || -> std::io::Result<()> {
+        f.file.sync_all()?;
+        std::fs::rename(&f.data_path, &f.blob_path)?;
+        if let Some(dir) = f.blob_path.parent() {
+            std::fs::File::open(dir)?.sync_all()?;
+        }
+        let _io = f.map_io.lock().unwrap();
+        let _ = std::fs::remove_file(&f.map_path);
+        f.state.lock().unwrap().outcome = Outcome::Done;
+        Ok(())
+    })
+    .await
+    .map_err(|e| FetchError::new("disk", e.to_string()))?
+    .map_err(|e| FetchError::new("disk", format!("cannot publish: {e}")))?;
+    fill.notify();
+    Ok(())
+}

@@ -1,0 +1,585 @@
+//! A fake registry.ollama.ai and its CDN, on two loopback host names: the registry on
+//! 127.0.0.1:P answers `/v2/` and manifests, and redirects blob requests (307) to the "CDN" on
+//! 127.0.0.2:Q with a presigned-looking query, the way the real registry sends clients to
+//! Cloudflare R2. The CDN honours single Ranges. Faults are switched on at run time: throttling,
+//! truncation at an absolute byte offset, wrong bytes, a one-time stall, 5xx, 404 and 401 with
+//! `WWW-Authenticate`. Byte and request counters tell how much the cache fetched.
+//!
+//! Plain threads and blocking sockets: nothing here shares code with the daemon under test.
+
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use sha2::Digest as _;
+
+/// Fault injection, changeable while the fake runs.
+#[derive(Debug, Clone, Default)]
+pub struct Faults {
+    /// CDN bytes per second (0 = unlimited).
+    pub throttle: u64,
+    /// The CDN never sends a byte at or past this blob offset (the connection just closes).
+    pub truncate_at: Option<u64>,
+    /// The CDN sends a flipped byte at this blob offset.
+    pub corrupt_at: Option<u64>,
+    /// The first CDN response that reaches this offset stops sending for this long.
+    pub stall_at: Option<(u64, Duration)>,
+    /// Every request (registry and CDN) answers this status.
+    pub status: Option<u16>,
+    /// Manifests answer 401 with a `WWW-Authenticate` challenge.
+    pub unauthorized: bool,
+}
+
+struct Shared {
+    manifests: Mutex<HashMap<String, Vec<u8>>>,
+    blobs: Mutex<HashMap<String, Arc<Vec<u8>>>>,
+    faults: Mutex<Faults>,
+    stalled: AtomicBool,
+    cdn_bytes: AtomicU64,
+    cdn_requests: AtomicU64,
+    registry_requests: AtomicU64,
+    manifest_requests: AtomicU64,
+    last_accept: Mutex<Option<String>>,
+    stop: AtomicBool,
+    cdn: SocketAddr,
+}
+
+pub struct FakeUpstream {
+    shared: Arc<Shared>,
+    pub registry: SocketAddr,
+    pub cdn: SocketAddr,
+}
+
+pub const MANIFEST_TYPE: &str = "application/vnd.docker.distribution.manifest.v2+json";
+
+/// A sha256 digest string of bytes.
+pub fn digest(bytes: &[u8]) -> String {
+    format!("sha256:{}", hex::encode(sha2::Sha256::digest(bytes)))
+}
+
+/// Deterministic pseudo-random bytes (so failures are reproducible).
+pub fn blob_bytes(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed
+        .wrapping_mul(6364136223846793005)
+        .wrapping_add(1442695040888963407);
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x >> 24) as u8
+        })
+        .collect()
+}
+
+impl FakeUpstream {
+    pub fn start() -> FakeUpstream {
+        let reg = TcpListener::bind("127.0.0.1:0").unwrap();
+        let cdn = TcpListener::bind("127.0.0.2:0").unwrap();
+        let shared = Arc::new(Shared {
+            manifests: Mutex::new(HashMap::new()),
+            blobs: Mutex::new(HashMap::new()),
+            faults: Mutex::new(Faults::default()),
+            stalled: AtomicBool::new(false),
+            cdn_bytes: AtomicU64::new(0),
+            cdn_requests: AtomicU64::new(0),
+            registry_requests: AtomicU64::new(0),
+            manifest_requests: AtomicU64::new(0),
+            last_accept: Mutex::new(None),
+            stop: AtomicBool::new(false),
+            cdn: cdn.local_addr().unwrap(),
+        });
+        let up = FakeUpstream {
+            registry: reg.local_addr().unwrap(),
+            cdn: cdn.local_addr().unwrap(),
+            shared: shared.clone(),
+        };
+        for (l, is_cdn) in [(reg, false), (cdn, true)] {
+            let shared = shared.clone();
+            std::thread::spawn(move || {
+                for conn in l.incoming() {
+                    if shared.stop.load(Ordering::SeqCst) {
+                        return;
+                    }
+                    let Ok(conn) = conn else { continue };
+                    let shared = shared.clone();
+                    std::thread::spawn(move || {
+                        let _ = serve(conn, &shared, is_cdn);
+                    });
+                }
+            });
+        }
+        up
+    }
+
+    /// Base URL for `[upstream.registries]`.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.registry)
+    }
+
+    pub fn add_blob(&self, bytes: Vec<u8>) -> String {
+        let d = digest(&bytes);
+        self.shared
+            .blobs
+            .lock()
+            .unwrap()
+            .insert(d.clone(), Arc::new(bytes));
+        d
+    }
+
+    /// Adds a blob whose digest the caller computed (large blobs: hashed by `sha256sum`).
+    pub fn add_blob_with_digest(&self, bytes: Vec<u8>, digest: String) -> String {
+        self.shared
+            .blobs
+            .lock()
+            .unwrap()
+            .insert(digest.clone(), Arc::new(bytes));
+        digest
+    }
+
+    /// Total size of every blob the fake holds.
+    pub fn blob_total(&self) -> u64 {
+        self.shared
+            .blobs
+            .lock()
+            .unwrap()
+            .values()
+            .map(|b| b.len() as u64)
+            .sum()
+    }
+
+    /// Like [`add_model`](Self::add_model), with layers whose digests are given.
+    pub fn add_model_with_digests(
+        &self,
+        repo: &str,
+        tag: &str,
+        layers: Vec<(Vec<u8>, String)>,
+    ) -> Vec<u8> {
+        let sizes: Vec<(usize, String)> = layers
+            .into_iter()
+            .map(|(b, d)| (b.len(), self.add_blob_with_digest(b, d)))
+            .collect();
+        self.model_manifest(repo, tag, &sizes)
+    }
+
+    fn model_manifest(&self, repo: &str, tag: &str, layers: &[(usize, String)]) -> Vec<u8> {
+        let config = br#"{"model_format":"gguf","model_family":"llama","architecture":"amd64","os":"linux"}"#.to_vec();
+        let cfg_size = config.len();
+        let cfg_digest = self.add_blob(config);
+        let layers_json: Vec<String> = layers
+            .iter()
+            .map(|(size, d)| {
+                format!(r#"{{"mediaType":"application/vnd.ollama.image.model","digest":"{d}","size":{size}}}"#)
+            })
+            .collect();
+        let manifest = format!(
+            r#"{{"schemaVersion":2,"mediaType":"{MANIFEST_TYPE}","config":{{"mediaType":"application/vnd.docker.container.image.v1+json","digest":"{cfg_digest}","size":{cfg_size}}},"layers":[{}]}}"#,
+            layers_json.join(",")
+        )
+        .into_bytes();
+        self.set_manifest(repo, tag, manifest.clone());
+        manifest
+    }
+
+    /// Adds an Ollama-style model (config + layers) under `repo:tag`; returns the manifest bytes.
+    pub fn add_model(&self, repo: &str, tag: &str, layers: &[&[u8]]) -> Vec<u8> {
+        let sizes: Vec<(usize, String)> = layers
+            .iter()
+            .map(|l| (l.len(), self.add_blob(l.to_vec())))
+            .collect();
+        self.model_manifest(repo, tag, &sizes)
+    }
+
+    pub fn set_manifest(&self, repo: &str, tag: &str, bytes: Vec<u8>) {
+        self.shared
+            .manifests
+            .lock()
+            .unwrap()
+            .insert(format!("{repo}:{tag}"), bytes);
+    }
+
+    pub fn faults(&self, f: Faults) {
+        *self.shared.faults.lock().unwrap() = f;
+        self.shared.stalled.store(false, Ordering::SeqCst);
+    }
+
+    pub fn cdn_bytes(&self) -> u64 {
+        self.shared.cdn_bytes.load(Ordering::SeqCst)
+    }
+
+    pub fn cdn_requests(&self) -> u64 {
+        self.shared.cdn_requests.load(Ordering::SeqCst)
+    }
+
+    pub fn manifest_requests(&self) -> u64 {
+        self.shared.manifest_requests.load(Ordering::SeqCst)
+    }
+
+    pub fn registry_requests(&self) -> u64 {
+        self.shared.registry_requests.load(Ordering::SeqCst)
+    }
+
+    pub fn last_accept(&self) -> Option<String> {
+        self.shared.last_accept.lock().unwrap().clone()
+    }
+}
+
+impl Drop for FakeUpstream {
+    fn drop(&mut self) {
+        self.shared.stop.store(true, Ordering::SeqCst);
+        // Wake the accept loops so they see the flag.
+        let _ = TcpStream::connect(self.registry);
+        let _ = TcpStream::connect(self.cdn);
+    }
+}
+
+struct Req {
+    method: String,
+    path: String,
+    headers: HashMap<String, String>,
+}
+
+fn read_request(conn: &TcpStream) -> std::io::Result<Req> {
+    let mut r = BufReader::new(conn.try_clone()?);
+    let mut line = String::new();
+    r.read_line(&mut line)?;
+    let mut parts = line.split_whitespace();
+    let method = parts.next().unwrap_or("").to_string();
+    let path = parts.next().unwrap_or("").to_string();
+    let mut headers = HashMap::new();
+    loop {
+        let mut h = String::new();
+        if r.read_line(&mut h)? == 0 || h == "\r\n" || h == "\n" {
+            break;
+        }
+        if let Some((k, v)) = h.split_once(':') {
+            headers.insert(k.trim().to_ascii_lowercase(), v.trim().to_string());
+        }
+    }
+    Ok(Req {
+        method,
+        path,
+        headers,
+    })
+}
+
+fn respond(
+    conn: &mut TcpStream,
+    status: u16,
+    headers: &[(&str, String)],
+    body: &[u8],
+) -> std::io::Result<()> {
+    let mut head = format!(
+        "HTTP/1.1 {status} X\r\nConnection: close\r\nContent-Length: {}\r\n",
+        body.len()
+    );
+    for (k, v) in headers {
+        head.push_str(&format!("{k}: {v}\r\n"));
+    }
+    head.push_str("\r\n");
+    conn.write_all(head.as_bytes())?;
+    conn.write_all(body)
+}
+
+fn serve(mut conn: TcpStream, s: &Shared, is_cdn: bool) -> std::io::Result<()> {
+    let req = read_request(&conn)?;
+    let faults = s.faults.lock().unwrap().clone();
+    if let Some(st) = faults.status {
+        return respond(&mut conn, st, &[], b"injected failure\n");
+    }
+    if is_cdn {
+        return serve_cdn(conn, s, &req, &faults);
+    }
+    s.registry_requests.fetch_add(1, Ordering::SeqCst);
+    let path = req.path.split('?').next().unwrap_or("").to_string();
+    if path == "/v2/" {
+        return respond(&mut conn, 200, &[], b"{}");
+    }
+    let segs: Vec<&str> = path.trim_start_matches("/v2/").split('/').collect();
+    if segs.len() >= 3 {
+        let name = segs[..segs.len() - 2].join("/");
+        let reference = segs[segs.len() - 1];
+        match segs[segs.len() - 2] {
+            "manifests" => {
+                s.manifest_requests.fetch_add(1, Ordering::SeqCst);
+                *s.last_accept.lock().unwrap() = req.headers.get("accept").cloned();
+                if faults.unauthorized {
+                    return respond(
+                        &mut conn,
+                        401,
+                        &[(
+                            "WWW-Authenticate",
+                            r#"Bearer realm="https://auth.example/token",service="registry""#.into(),
+                        ), ("Content-Type", "application/json".into())],
+                        br#"{"errors":[{"code":"UNAUTHORIZED","message":"authentication required"}]}"#,
+                    );
+                }
+                let m = s
+                    .manifests
+                    .lock()
+                    .unwrap()
+                    .get(&format!("{name}:{reference}"))
+                    .cloned();
+                return match m {
+                    Some(m) => respond(
+                        &mut conn,
+                        200,
+                        &[
+                            ("Content-Type", MANIFEST_TYPE.into()),
+                            ("Docker-Content-Digest", digest(&m)),
+                        ],
+                        if req.method == "HEAD" { &[] } else { &m },
+                    ),
+                    None => respond(
+                        &mut conn,
+                        404,
+                        &[("Content-Type", "application/json".into())],
+                        br#"{"errors":[{"code":"MANIFEST_UNKNOWN","message":"manifest unknown"}]}"#,
+                    ),
+                };
+            }
+            "blobs" => {
+                if !s.blobs.lock().unwrap().contains_key(reference) {
+                    return respond(
+                        &mut conn,
+                        404,
+                        &[],
+                        br#"{"errors":[{"code":"BLOB_UNKNOWN"}]}"#,
+                    );
+                }
+                let hex = reference.trim_start_matches("sha256:");
+                let loc = format!(
+                    "http://{}/cdn/{hex}?X-Amz-Algorithm=AWS4-HMAC-SHA256&X-Amz-Expires=1200&X-Amz-Signature=0f{hex}",
+                    s.cdn
+                );
+                return respond(&mut conn, 307, &[("Location", loc)], b"");
+            }
+            _ => {}
+        }
+    }
+    respond(&mut conn, 404, &[], b"not found\n")
+}
+
+fn serve_cdn(mut conn: TcpStream, s: &Shared, req: &Req, f: &Faults) -> std::io::Result<()> {
+    s.cdn_requests.fetch_add(1, Ordering::SeqCst);
+    let path = req.path.split('?').next().unwrap_or("");
+    if !req.path.contains("X-Amz-Signature=") {
+        return respond(&mut conn, 403, &[], b"unsigned\n");
+    }
+    let d = format!("sha256:{}", path.trim_start_matches("/cdn/"));
+    let Some(blob) = s.blobs.lock().unwrap().get(&d).cloned() else {
+        return respond(&mut conn, 404, &[], b"no such key\n");
+    };
+    let size = blob.len() as u64;
+    let (status, start, end) = match req
+        .headers
+        .get("range")
+        .and_then(|r| r.strip_prefix("bytes="))
+    {
+        Some(r) => {
+            let (a, b) = r.split_once('-').unwrap_or(("0", ""));
+            let (a, b): (u64, u64) = if a.is_empty() {
+                let n: u64 = b.parse().unwrap_or(0);
+                (size.saturating_sub(n), size - 1)
+            } else {
+                (
+                    a.parse().unwrap_or(0),
+                    if b.is_empty() {
+                        size - 1
+                    } else {
+                        b.parse::<u64>().unwrap_or(0).min(size - 1)
+                    },
+                )
+            };
+            if a >= size {
+                return respond(
+                    &mut conn,
+                    416,
+                    &[("Content-Range", format!("bytes */{size}"))],
+                    b"",
+                );
+            }
+            (206, a, b)
+        }
+        None => (200, 0, size - 1),
+    };
+    let mut head = format!(
+        "HTTP/1.1 {status} X\r\nConnection: close\r\nContent-Length: {}\r\nAccept-Ranges: bytes\r\n",
+        end + 1 - start
+    );
+    if status == 206 {
+        head.push_str(&format!("Content-Range: bytes {start}-{end}/{size}\r\n"));
+    }
+    head.push_str("\r\n");
+    conn.write_all(head.as_bytes())?;
+    if req.method == "HEAD" {
+        return Ok(());
+    }
+    let mut pos = start;
+    let chunk = 16 * 1024u64;
+    while pos <= end {
+        let mut n = chunk.min(end + 1 - pos);
+        if let Some(t) = f.truncate_at {
+            if pos >= t {
+                return Ok(());
+            }
+            n = n.min(t - pos);
+        }
+        if let Some((at, dur)) = f.stall_at {
+            if pos == at && !s.stalled.swap(true, Ordering::SeqCst) {
+                std::thread::sleep(dur);
+                return Ok(());
+            }
+            if pos < at && at < pos + n {
+                n = at - pos;
+            }
+        }
+        let mut buf = blob[pos as usize..(pos + n) as usize].to_vec();
+        if let Some(c) = f.corrupt_at {
+            if pos <= c && c < pos + n {
+                buf[(c - pos) as usize] ^= 0xff;
+            }
+        }
+        conn.write_all(&buf)?;
+        s.cdn_bytes.fetch_add(n, Ordering::SeqCst);
+        pos += n;
+        if f.throttle > 0 {
+            std::thread::sleep(Duration::from_secs_f64(n as f64 / f.throttle as f64));
+        }
+        if s.stop.load(Ordering::SeqCst) {
+            return Ok(());
+        }
+    }
+    // Drain anything the client still sends so the close is clean.
+    let _ = conn.set_read_timeout(Some(Duration::from_millis(10)));
+    let _ = conn.read(&mut [0u8; 64]);
+    Ok(())
+}
+
+/// A raw HTTP/1.1 GET that reports what a client actually saw: status, headers, the body bytes
+/// received, and whether the body was complete (Content-Length reached before the close).
+pub struct RawResponse {
+    pub status: u16,
+    pub headers: HashMap<String, String>,
+    pub body: Vec<u8>,
+    pub complete: bool,
+}
+
+pub fn raw_get(addr: SocketAddr, host: &str, path: &str, extra: &[(&str, &str)]) -> RawResponse {
+    raw_request(addr, "GET", host, path, extra)
+}
+
+pub fn raw_request(
+    addr: SocketAddr,
+    method: &str,
+    host: &str,
+    path: &str,
+    extra: &[(&str, &str)],
+) -> RawResponse {
+    let mut c = TcpStream::connect(addr).unwrap();
+    c.set_read_timeout(Some(Duration::from_secs(120))).unwrap();
+    let mut req = format!("{method} {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n");
+    for (k, v) in extra {
+        req.push_str(&format!("{k}: {v}\r\n"));
+    }
+    req.push_str("\r\n");
+    c.write_all(req.as_bytes()).unwrap();
+    let mut r = BufReader::new(c);
+    let mut line = String::new();
+    r.read_line(&mut line).unwrap();
+    let status: u16 = line
+        .split_whitespace()
+        .nth(1)
+        .unwrap_or("0")
+        .parse()
+        .unwrap_or(0);
+    let mut headers = HashMap::new();
+    loop {
+        let mut h = String::new();
+        if r.read_line(&mut h).unwrap_or(0) == 0 || h == "\r\n" {
+            break;
+        }
+        if let Some((k, v)) = h.split_once(':') {
+            headers.insert(k.trim().to_ascii_lowercase(), v.trim().to_string());
+        }
+    }
+    let mut body = Vec::new();
+    let _ = r.read_to_end(&mut body);
+    let len: Option<usize> = headers.get("content-length").and_then(|v| v.parse().ok());
+    let complete = method == "HEAD" || len.is_some_and(|l| l == body.len());
+    if method == "HEAD" {
+        body.clear();
+    }
+    RawResponse {
+        status,
+        headers,
+        body,
+        complete,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fake_upstream_behaves() {
+        let up = FakeUpstream::start();
+        let blob = blob_bytes(100_000, 1);
+        let m = up.add_model("library/tiny", "latest", &[&blob[..]]);
+        let r = raw_get(
+            up.registry,
+            "registry.ollama.ai",
+            "/v2/library/tiny/manifests/latest",
+            &[],
+        );
+        assert_eq!(r.status, 200);
+        assert_eq!(r.body, m);
+        let d = digest(&blob);
+        let r = raw_get(
+            up.registry,
+            "registry.ollama.ai",
+            &format!("/v2/library/tiny/blobs/{d}"),
+            &[],
+        );
+        assert_eq!(r.status, 307);
+        let loc = r.headers["location"].clone();
+        assert!(loc.starts_with(&format!("http://{}/", up.cdn)) && loc.contains("X-Amz-"));
+        let path = loc.splitn(4, '/').nth(3).map(|p| format!("/{p}")).unwrap();
+        let r = raw_get(up.cdn, "cdn", &path, &[("Range", "bytes=10-19")]);
+        assert_eq!((r.status, &r.body[..]), (206, &blob[10..20]));
+        assert_eq!(up.cdn_bytes(), 10);
+        up.faults(Faults {
+            truncate_at: Some(50),
+            ..Default::default()
+        });
+        let r = raw_get(up.cdn, "cdn", &path, &[]);
+        assert!(!r.complete && r.body == blob[..50]);
+        up.faults(Faults {
+            corrupt_at: Some(5),
+            ..Default::default()
+        });
+        let r = raw_get(up.cdn, "cdn", &path, &[("Range", "bytes=0-9")]);
+        assert!(r.complete && r.body != blob[..10]);
+        up.faults(Faults {
+            status: Some(503),
+            ..Default::default()
+        });
+        assert_eq!(raw_get(up.registry, "x", "/v2/", &[]).status, 503);
+        up.faults(Faults {
+            unauthorized: true,
+            ..Default::default()
+        });
+        let r = raw_get(up.registry, "x", "/v2/library/tiny/manifests/latest", &[]);
+        assert_eq!(r.status, 401);
+        assert!(r.headers["www-authenticate"].starts_with("Bearer realm="));
+        up.faults(Faults::default());
+        assert_eq!(
+            raw_get(up.registry, "x", "/v2/library/none/manifests/latest", &[]).status,
+            404
+        );
+    }
+}
