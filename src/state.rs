@@ -29,6 +29,8 @@ pub struct State {
     pub layout: Layout,
     /// Blobs in use, which prune and eviction must leave alone.
     pub pins: Pins,
+    /// The DNS interceptor's counters (kept here so they survive a subsystem restart).
+    pub dns_stats: Arc<crate::dns::stats::Stats>,
 }
 
 impl State {
@@ -46,6 +48,7 @@ impl State {
             counters: Counters::default(),
             layout,
             pins: Pins::default(),
+            dns_stats: Arc::default(),
         })
     }
 

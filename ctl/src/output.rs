@@ -104,9 +104,25 @@ pub fn human(resp: &Response, ca_path: bool) -> String {
             if let Some(d) = &s.dns {
                 let _ = writeln!(
                     o,
-                    "dns: {} intercepted, {} forwarded, {} refused, {} failed",
-                    d.intercepted, d.forwarded, d.refused, d.failed
+                    "dns: {} intercepted, {} forwarded ({} from cache), {} refused, {} failed, {} rate-limited, {} malformed",
+                    d.intercepted,
+                    d.forwarded,
+                    d.cache_hits,
+                    d.refused,
+                    d.failed,
+                    d.rate_limited,
+                    d.malformed
                 );
+                if let (Some(p50), Some(p99)) =
+                    (d.upstream_latency_ms_p50, d.upstream_latency_ms_p99)
+                {
+                    let _ = writeln!(o, "     upstream latency p50 {p50:.1} ms, p99 {p99:.1} ms");
+                }
+                if !d.by_qtype.is_empty() {
+                    let types: Vec<String> =
+                        d.by_qtype.iter().map(|(t, n)| format!("{t} {n}")).collect();
+                    let _ = writeln!(o, "     by type: {}", types.join(", "));
+                }
             }
             let _ = writeln!(
                 o,

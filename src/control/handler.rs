@@ -80,5 +80,14 @@ pub fn stats(state: &State) -> Stats {
     ] {
         stats.http.responses.insert(class.to_string(), get(counter));
     }
+    // The DNS section is there when the DNS subsystem is (it has sockets).
+    if state
+        .health
+        .snapshot()
+        .iter()
+        .any(|(name, _)| *name == "dns")
+    {
+        stats.dns = Some(state.dns_stats.snapshot());
+    }
     stats
 }
