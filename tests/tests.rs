@@ -7,4 +7,5 @@ mod util;
 mod activation;
 mod config;
 mod control;
+mod dns;
 mod lifecycle;
