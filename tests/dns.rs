@@ -285,12 +285,18 @@ fn other_names_are_relayed_with_tcp_fallback_and_cache() {
     // A cached answer's TTLs count down.
     let ttl = |out: String| -> u32 {
         let line = short(&out).pop().unwrap_or_default();
-        line.split_whitespace().nth(1).and_then(|t| t.parse().ok()).unwrap_or(0)
+        line.split_whitespace()
+            .nth(1)
+            .and_then(|t| t.parse().ok())
+            .unwrap_or(0)
     };
     let first = ttl(dig(&d, &["+noall", "+answer", "txt.fwd.test", "TXT"]));
     std::thread::sleep(Duration::from_millis(2100));
     let later = ttl(dig(&d, &["+noall", "+answer", "txt.fwd.test", "TXT"]));
-    assert!(first >= 299 && later <= first - 2 && later >= first - 3, "{first} -> {later}");
+    assert!(
+        first >= 299 && later <= first - 2 && later >= first - 3,
+        "{first} -> {later}"
+    );
     let stats = d.ctl_json(&["stats"]);
     let dns = &stats["dns"];
     assert!(dns["forwarded"].as_u64().unwrap() >= 10, "{stats}");
@@ -477,4 +483,85 @@ fn tcp_idle_connections_are_closed() {
     let mut buf = [0u8; 16];
     assert_eq!(t.read(&mut buf).unwrap_or(0), 0);
     assert!(started.elapsed() < Duration::from_secs(2));
+}
+
+#[test]
+fn ipv6_over_udp_and_tcp() {
+    if !programs() {
+        return;
+    }
+    let port = loop {
+        let udp = UdpSocket::bind("[::1]:0").unwrap();
+        let port = udp.local_addr().unwrap().port();
+        if TcpListener::bind(("::1", port)).is_ok() {
+            break port;
+        }
+    };
+    let mut d = Daemon::builder()
+        // Nothing activated: the daemon binds its own sockets from `listen`.
+        .activate(crate::util::daemon::Activate {
+            dns: false,
+            http: false,
+            https: false,
+            control: false,
+        })
+        .config(&format!(
+            "[dns]\nlisten = [\"[::1]:{port}\"]\nadvertise = [\"192.0.2.10\", \"2001:db8::10\"]\n"
+        ))
+        .start();
+    d.dns = Some(format!("[::1]:{port}").parse().unwrap());
+    for transport in ["+notcp", "+tcp"] {
+        let out = dig(&d, &[transport, "+short", "registry.ollama.ai", "AAAA"]);
+        assert_eq!(short(&out), ["2001:db8::10"], "{out}\n{}", d.stderr());
+        let out = dig(&d, &[transport, "+short", "registry.ollama.ai", "A"]);
+        assert_eq!(short(&out), ["192.0.2.10"], "{out}");
+    }
+}
+
+/// The addresses of the interface with the default route, as `ip` reports them.
+fn default_route_addresses() -> Option<Vec<String>> {
+    let route = run(
+        "ip",
+        &["-4".into(), "route".into(), "show".into(), "default".into()],
+    );
+    let dev = route
+        .split_whitespace()
+        .skip_while(|w| *w != "dev")
+        .nth(1)?
+        .to_string();
+    let addrs = run(
+        "ip",
+        &[
+            "-o".into(),
+            "-4".into(),
+            "addr".into(),
+            "show".into(),
+            "dev".into(),
+            dev,
+        ],
+    );
+    Some(
+        addrs
+            .lines()
+            .filter_map(|l| {
+                l.split_whitespace()
+                    .nth(3)?
+                    .split('/')
+                    .next()
+                    .map(String::from)
+            })
+            .collect(),
+    )
+}
+
+#[test]
+fn default_advertise_is_the_default_route_interface() {
+    if !programs() {
+        return;
+    }
+    let d = Daemon::start();
+    let out = dig(&d, &["+short", "registry.ollama.ai", "A"]);
+    // Without a default route the answer is the address the query arrived on.
+    let want = default_route_addresses().unwrap_or_else(|| vec!["127.0.0.1".into()]);
+    assert_eq!(short(&out), want, "{out}");
 }
