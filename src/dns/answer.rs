@@ -450,6 +450,41 @@ mod tests {
     }
 
     #[test]
+    fn cache_hits_agree_and_fit_the_client() {
+        let e = engine("");
+        let t = e.table();
+        let q = query("Example.ORG.", RecordType::TXT, Some(false));
+        let Outcome::Forward(job) = e.general(&req(&q), &t) else {
+            panic!("a miss is forwarded")
+        };
+        // What upstream might say: a TXT big enough to need truncation for a 512-byte client.
+        let mut m = Message::from_vec(&q).unwrap();
+        m.metadata.message_type = MessageType::Response;
+        let txt = hickory_proto::rr::rdata::TXT::new(vec!["y".repeat(250); 4]);
+        m.add_answer(Record::from_rdata(
+            "example.org.".parse().unwrap(),
+            300,
+            RData::TXT(txt),
+        ));
+        e.cache.insert(job.cache_key.unwrap(), &m.to_vec().unwrap());
+        for edns in [Some(false), None] {
+            let q = query("example.org.", RecordType::TXT, edns);
+            let fast = e.fast(&req(&q), &t).expect("fast path serves the hit");
+            let Outcome::Reply(general) = e.general(&req(&q), &t) else {
+                panic!()
+            };
+            assert_eq!(fast, general);
+            assert_eq!(&fast[..2], &q[..2]);
+            let hit = Message::from_vec(&fast).unwrap();
+            assert_eq!(
+                hit.metadata.truncation,
+                edns.is_none(),
+                "512 bytes without EDNS"
+            );
+        }
+    }
+
+    #[test]
     fn other_names_are_forwarded_and_any_is_minimal() {
         let e = engine("");
         let q = query("example.org.", RecordType::A, None);
