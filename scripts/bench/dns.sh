@@ -98,11 +98,11 @@ for i in $(seq 100); do echo "n$i.fwd.test A"; done > "$tmp/forwarded.txt"
 ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 hz=$(getconf CLK_TCK)
 
-# run SERVER_IP PORT PID FILE -> "qps lost cpu_us_per_query"
+# run SERVER_IP PORT PID FILE [dnsperf args] -> "qps lost cpu_us_per_query"
 run() {
   local before after out qps lost sent
   before=$(ticks "$3")
-  out=$(dnsperf -s "$1" -p "$2" -d "$4" -c "$CLIENTS" -l "$SECS" -q 200 2>&1)
+  out=$(dnsperf -s "$1" -p "$2" -d "$4" -c "$CLIENTS" -l "$SECS" -q 200 "${@:5}" 2>&1)
   after=$(ticks "$3")
   qps=$(awk '/Queries per second/ {print $4}' <<<"$out")
   lost=$(awk '/Queries lost/ {print $3}' <<<"$out")
@@ -118,28 +118,34 @@ for s in "$LC $LCPORT $lc_pid" "$UB $UBPORT $ub_pid" "$DM $DMPORT $dm_pid"; do
   set -- $s; run "$1" "$2" "$3" "$tmp/forwarded.txt" >/dev/null
 done
 
-declare -A qps lost cpu
+# Saturated runs give qps and lost queries (and CPU per query at full load); runs at a fixed
+# RATE give CPU per query at the same load for every server.
+RATE=${RATE:-40000}
+declare -A qps lost cpu cpufixed
 for work in intercepted forwarded; do
   for r in $(seq "$RUNS"); do
     for s in "lancached $LC $LCPORT $lc_pid" "unbound $UB $UBPORT $ub_pid" "dnsmasq $DM $DMPORT $dm_pid"; do
       set -- $s
       read -r q l c < <(run "$2" "$3" "$4" "$tmp/$work.txt")
       qps[$1.$work]+="$q "; lost[$1.$work]+="$l "; cpu[$1.$work]+="$c "
+      read -r q l c < <(run "$2" "$3" "$4" "$tmp/$work.txt" -Q "$RATE")
+      cpufixed[$1.$work]+="$c "
     done
   done
 done
 
 echo
 echo "dnsperf -c $CLIENTS, $RUNS runs x ${SECS}s each, median; loopback; $(nproc) cores"
-printf '| %-11s | %-9s | %10s | %8s | %12s | %11s |\n' workload server qps "vs unbound" "lost (sum)" "CPU µs/query"
-printf '|-------------|-----------|------------|----------|--------------|-------------|\n'
+printf '| %-11s | %-9s | %10s | %10s | %10s | %18s | %18s |\n' workload server qps "vs unbound" "lost (sum)" "CPU µs/q saturated" "CPU µs/q at $RATE/s"
+printf '|-------------|-----------|------------|------------|------------|--------------------|--------------------|\n'
 for work in intercepted forwarded; do
   base=$(tr ' ' '\n' <<<"${qps[unbound.$work]}" | grep . | median)
   for srv in lancached unbound dnsmasq; do
     m=$(tr ' ' '\n' <<<"${qps[$srv.$work]}" | grep . | median)
     c=$(tr ' ' '\n' <<<"${cpu[$srv.$work]}" | grep . | median)
+    f=$(tr ' ' '\n' <<<"${cpufixed[$srv.$work]}" | grep . | median)
     l=$(tr ' ' '\n' <<<"${lost[$srv.$work]}" | grep . | awk '{s+=$1} END {print s+0}')
     ratio=$(awk -v a="$m" -v b="$base" 'BEGIN { printf "%.2f", (b > 0 ? a / b : 0) }')
-    printf '| %-11s | %-9s | %10.0f | %8s | %12s | %11s |\n' "$work" "$srv" "$m" "$ratio" "$l" "$c"
+    printf '| %-11s | %-9s | %10.0f | %10s | %10s | %18s | %18s |\n' "$work" "$srv" "$m" "$ratio" "$l" "$c" "$f"
   done
 done
