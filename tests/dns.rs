@@ -6,7 +6,8 @@
 //! - other names are relayed: A/AAAA/MX/TXT as upstream answered, a big TXT arrives truncated
 //!   over UDP and whole over TCP (the upstream leg falls back to TCP), repeats come from the
 //!   cache with TTLs counted down;
-//! - all upstreams down or silent: SERVFAIL well inside the per-resolver timeout budget;
+//! - all upstreams down or silent: SERVFAIL well inside the per-resolver timeout budget; a
+//!   resolver that is the daemon itself is skipped rather than looped through;
 //! - a source outside `[dns] allow` gets REFUSED and is counted;
 //! - the per-client rate limit drops what exceeds it and counts it;
 //! - garbage datagrams and TCP frames are dropped or FORMERR'd, the server keeps answering;
@@ -564,4 +565,25 @@ fn default_advertise_is_the_default_route_interface() {
     // Without a default route the answer is the address the query arrived on.
     let want = default_route_addresses().unwrap_or_else(|| vec!["127.0.0.1".into()]);
     assert_eq!(short(&out), want, "{out}");
+}
+
+#[test]
+fn resolver_pointing_at_itself_is_not_a_loop() {
+    if !programs() {
+        return;
+    }
+    let d = Daemon::start();
+    d.write_config(&format!(
+        "[upstream]\nresolvers = [\"{}\"]\n",
+        d.dns.unwrap()
+    ));
+    assert_eq!(d.ctl_json(&["reload"])["response"], "reloaded");
+    let started = Instant::now();
+    let out = dig(&d, &["loop.test", "A"]);
+    assert!(out.contains("status: SERVFAIL"), "{out}");
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "{:?}",
+        started.elapsed()
+    );
 }

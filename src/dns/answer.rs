@@ -62,6 +62,8 @@ pub struct Forward {
     pub cache_key: Option<Vec<u8>>,
     /// For UDP clients, the largest response they accept; `None` over TCP.
     pub udp_limit: Option<usize>,
+    /// The address the query arrived on: a resolver at this address would be ourselves.
+    pub local: SocketAddr,
 }
 
 /// The DNS service's shared state: the policy in force, counters, response cache, rate limiter.
@@ -70,7 +72,13 @@ pub struct Engine {
     pub stats: Arc<Stats>,
     pub cache: Cache,
     limiter: RateLimiter,
+    /// Forwarded queries waiting for upstream; bounded by [`MAX_IN_FLIGHT`].
+    pub in_flight: std::sync::atomic::AtomicUsize,
 }
+
+/// Forwarded queries waiting for upstream at once. Past it new ones get SERVFAIL at once: each
+/// holds a socket, and a flood (or a forwarding loop) must not run the daemon out of them.
+pub const MAX_IN_FLIGHT: usize = 2048;
 
 thread_local! {
     static NAME: RefCell<String> = RefCell::new(String::with_capacity(256));
@@ -83,6 +91,7 @@ impl Engine {
             stats,
             cache: Cache::default(),
             limiter: RateLimiter::default(),
+            in_flight: Default::default(),
         }
     }
 
@@ -254,6 +263,7 @@ impl Engine {
                 Transport::Udp => Some(wire::udp_limit(payload)),
                 Transport::Tcp => None,
             },
+            local: req.local,
         })
     }
 }

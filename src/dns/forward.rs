@@ -14,20 +14,42 @@ use std::time::Instant;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpStream, UdpSocket};
 
-use super::answer::{error_reply, fit, Engine, Forward};
+use super::answer::{error_reply, fit, Engine, Forward, MAX_IN_FLIGHT};
 use super::stats::bump;
 use super::wire;
 
 /// Resolves `job` and returns the bytes to send to the client.
 pub async fn resolve(engine: &Engine, job: Forward) -> Vec<u8> {
+    if engine.in_flight.fetch_add(1, Ordering::Relaxed) >= MAX_IN_FLIGHT {
+        engine.in_flight.fetch_sub(1, Ordering::Relaxed);
+        bump(&engine.stats.failed);
+        return error_reply(&job.query, ResponseCode::ServFail);
+    }
+    let reply = resolve_upstream(engine, &job).await;
+    engine.in_flight.fetch_sub(1, Ordering::Relaxed);
+    reply
+}
+
+/// Whether `resolver` is this very server (a configuration mistake that would loop).
+fn is_self(resolver: SocketAddr, local: SocketAddr) -> bool {
+    resolver == local
+        || (local.ip().is_unspecified()
+            && resolver.port() == local.port()
+            && resolver.ip().is_loopback())
+}
+
+async fn resolve_upstream(engine: &Engine, job: &Forward) -> Vec<u8> {
     let table = engine.table();
     let want_full = job.udp_limit.is_none();
     let mut fallback: Option<Vec<u8>> = None;
     for resolver in &table.resolvers {
+        if is_self(*resolver, job.local) {
+            tracing::warn!("upstream resolver {resolver} is this server itself; skipped");
+            continue;
+        }
         let started = Instant::now();
         let outcome =
-            tokio::time::timeout(table.upstream_timeout, exchange(*resolver, &job, want_full))
-                .await;
+            tokio::time::timeout(table.upstream_timeout, exchange(*resolver, job, want_full)).await;
         match outcome {
             Ok(Ok(response)) => {
                 engine.stats.upstream_latency(started.elapsed());
@@ -41,7 +63,7 @@ pub async fn resolve(engine: &Engine, job: Forward) -> Vec<u8> {
                 if let Some(key) = job.cache_key.clone() {
                     engine.cache.insert(key, &response);
                 }
-                return finish(response, &job);
+                return finish(response, job);
             }
             Ok(Err(e)) => tracing::debug!("upstream resolver {resolver}: {e:#}"),
             Err(_) => tracing::debug!("upstream resolver {resolver}: no answer in time"),
@@ -49,7 +71,7 @@ pub async fn resolve(engine: &Engine, job: Forward) -> Vec<u8> {
     }
     bump(&engine.stats.failed);
     match fallback {
-        Some(response) => finish(response, &job),
+        Some(response) => finish(response, job),
         None => error_reply(&job.query, ResponseCode::ServFail),
     }
 }
