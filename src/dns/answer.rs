@@ -116,10 +116,7 @@ impl Engine {
             return Outcome::Drop;
         }
         let table = self.table.load();
-        if !table.allowed(req.src) {
-            bump(&self.stats.refused);
-            return Outcome::Reply(error_reply(b, ResponseCode::Refused));
-        }
+        // The limit comes first so that refusals, too, cannot be used to flood a spoofed victim.
         if !self.limiter.allow(canonical(req.src), table.rate_limit) {
             bump(&self.stats.rate_limited);
             // Over UDP silence is the point (a spoofed victim gets nothing); a TCP client has
@@ -128,6 +125,10 @@ impl Engine {
                 Transport::Udp => Outcome::Drop,
                 Transport::Tcp => Outcome::Reply(error_reply(b, ResponseCode::Refused)),
             };
+        }
+        if !table.allowed(req.src) {
+            bump(&self.stats.refused);
+            return Outcome::Reply(error_reply(b, ResponseCode::Refused));
         }
         if let Some(reply) = self.fast(req, &table) {
             return Outcome::Reply(reply);

@@ -1,6 +1,8 @@
 //! Per-client rate limit: a token bucket per source address holding one second's worth of
 //! queries. Keeps the box from being used to flood a victim with answers (a spoofed source
 //! gets at most `rate_limit` answers per second) and one client from starving the others.
+//! IPv6 clients are counted per /64, the block one host usually has to itself, so rotating
+//! through its addresses gains nothing.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -22,6 +24,10 @@ impl RateLimiter {
         if qps == 0 {
             return true;
         }
+        let client = match client {
+            IpAddr::V6(v6) => IpAddr::V6((u128::from(v6) & !(u128::from(u64::MAX))).into()),
+            v4 => v4,
+        };
         let now = Instant::now();
         let rate = f64::from(qps);
         let mut buckets = self.buckets.lock().unwrap();
@@ -52,5 +58,18 @@ mod tests {
         assert!((10..=11).contains(&passed), "{passed}");
         assert!(rl.allow("10.0.0.2".parse().unwrap(), 10));
         assert!((0..1000).all(|_| rl.allow(ip, 0)));
+        let a: IpAddr = "2001:db8::1".parse().unwrap();
+        let passed = (0..50u16)
+            .filter(|i| {
+                let IpAddr::V6(v6) = a else { unreachable!() };
+                let mut seg = v6.segments();
+                seg[7] = *i;
+                rl.allow(IpAddr::V6(seg.into()), 10)
+            })
+            .count();
+        assert!(
+            (10..=11).contains(&passed),
+            "one /64 shares a bucket: {passed}"
+        );
     }
 }
