@@ -12,7 +12,9 @@
 //! - the per-client rate limit drops what exceeds it and counts it;
 //! - garbage datagrams and TCP frames are dropped or FORMERR'd, the server keeps answering;
 //! - `lancachectl reload` applies new intercepts, advertise addresses and allow lists;
-//! - `lancachectl stats` shows the counters.
+//! - `lancachectl stats` shows the counters;
+//! - IPv6 (`[::1]`) over UDP and TCP; idle TCP connections are closed (RFC 7766 6.2.3);
+//! - with no `advertise`, intercepted names answer the default-route interface's addresses.
 
 use crate::util::{require_program, Daemon};
 use std::io::{Read, Write};
@@ -244,27 +246,34 @@ fn other_names_are_relayed_with_tcp_fallback_and_cache() {
         assert_eq!(short(&mx), ["10 mail.fwd.test."], "{mx}");
         let txt = kdig(&d, &[transport, "+short", "txt.fwd.test", "TXT"]);
         assert_eq!(short(&txt), ["\"hello\""], "{txt}");
-        // Whatever upstream says is passed on untouched, here dnsmasq's REFUSED with its
-        // extended error (RFC 8914) for a type it has no data for.
-        let https = dig(&d, &[transport, "fwd.test", "HTTPS"]);
-        let direct = run(
-            "dig",
-            &[
-                format!("@{}", up.addr.ip()),
-                "-p".into(),
-                up.addr.port().to_string(),
-                transport.into(),
-                "fwd.test".into(),
-                "HTTPS".into(),
-            ],
-        );
+        // Whatever upstream says is passed on untouched: for HTTPS dnsmasq's REFUSED with its
+        // extended error (RFC 8914), for AAAA of an IPv4-only name its NODATA.
         let gist = |out: &str| {
             out.lines()
-                .filter(|l| l.contains("status:") || l.contains("EDE:") || l.contains("flags:"))
+                .filter(|l| {
+                    l.contains("status:")
+                        || l.contains("EDE:")
+                        || l.contains("flags:")
+                        || l.contains("\tIN\t")
+                })
                 .map(|l| l.split(", id:").next().unwrap().to_string())
                 .collect::<Vec<_>>()
         };
-        assert_eq!(gist(&https), gist(&direct), "{https}\n{direct}");
+        for qtype in ["HTTPS", "AAAA"] {
+            let relayed = dig(&d, &[transport, "fwd.test", qtype]);
+            let direct = run(
+                "dig",
+                &[
+                    format!("@{}", up.addr.ip()),
+                    "-p".into(),
+                    up.addr.port().to_string(),
+                    transport.into(),
+                    "fwd.test".into(),
+                    qtype.into(),
+                ],
+            );
+            assert_eq!(gist(&relayed), gist(&direct), "{relayed}\n{direct}");
+        }
     }
     // Over UDP the big answer comes back truncated and dig retries over TCP; over TCP our
     // upstream leg falls back to TCP itself.
