@@ -43,6 +43,8 @@ pub struct State {
     pub tls: crate::tls::TlsState,
     /// The caching registry proxy: upstream client, fills in flight, cache counters.
     pub proxy: crate::proxy::Proxy,
+    /// The DNS interceptor's counters (kept here so they survive a subsystem restart).
+    pub dns_stats: Arc<crate::dns::stats::Stats>,
 }
 
 impl State {
@@ -68,6 +70,7 @@ impl State {
             tls: Default::default(),
             pins,
             proxy,
+            dns_stats: Arc::default(),
         })
     }
 

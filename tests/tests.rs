@@ -8,6 +8,7 @@ mod activation;
 mod config;
 mod control;
 mod distribution;
+mod dns;
 mod harness;
 mod lifecycle;
 mod lifecycle_cache;

@@ -133,6 +133,10 @@ pub struct DnsConfig {
     pub cache: bool,
     /// How long to wait for one upstream resolver before trying the next.
     pub upstream_timeout: HumanDuration,
+    /// DNS-over-TCP connections open at once; further connections are closed at accept.
+    pub tcp_max_connections: usize,
+    /// A DNS-over-TCP connection with no complete query for this long is closed.
+    pub tcp_idle_timeout: HumanDuration,
 }
 
 impl Default for DnsConfig {
@@ -157,6 +161,8 @@ impl Default for DnsConfig {
             rate_limit: 2000,
             cache: true,
             upstream_timeout: HumanDuration::secs(2),
+            tcp_max_connections: 512,
+            tcp_idle_timeout: HumanDuration::secs(10),
         }
     }
 }

@@ -277,6 +277,15 @@ pub fn stats(state: &State) -> Stats {
     ] {
         stats.http.responses.insert(class.to_string(), get(counter));
     }
+    // The DNS section is there when the DNS subsystem is (it has sockets).
+    if state
+        .health
+        .snapshot()
+        .iter()
+        .any(|(name, _)| *name == "dns")
+    {
+        stats.dns = Some(state.dns_stats.snapshot());
+    }
     stats.cache = Some(crate::proxy::cache_stats(state));
     // Last: it fills only the usage fields of the cache section the proxy made.
     crate::store::eviction::add_stats(state, &mut stats);

@@ -204,6 +204,9 @@ pub struct HttpStats {
 pub struct DnsStats {
     pub intercepted: u64,
     pub forwarded: u64,
+    /// Forwarded queries answered from the response cache (included in `forwarded`).
+    #[serde(default)]
+    pub cache_hits: u64,
     pub refused: u64,
     pub failed: u64,
     pub rate_limited: u64,
