@@ -1,6 +1,7 @@
 //! The default `advertise` set: the addresses of the interface that carries the default route,
-//! which is the address LAN clients most likely reach this box at. Read from /proc/net/route
-//! (IPv4), else /proc/net/ipv6_route, and getifaddrs(3). Link-local IPv6 addresses are left out:
+//! which is the address LAN clients most likely reach this box at. Read from /proc/self/net/route
+//! (IPv4), else /proc/self/net/ipv6_route, and getifaddrs(3). (`/proc/self/net`, not the
+//! `/proc/net` symlink: the unit's `ProcSubset=pid` hides the latter but not the former.) Link-local IPv6 addresses are left out:
 //! without a zone they are useless in a DNS answer.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
@@ -34,7 +35,7 @@ impl Advertise {
 
 /// The interface with the default route (lowest metric), IPv4 first.
 fn default_route_interface() -> Option<String> {
-    let v4 = std::fs::read_to_string("/proc/net/route").unwrap_or_default();
+    let v4 = std::fs::read_to_string("/proc/self/net/route").unwrap_or_default();
     let best = v4
         .lines()
         .skip(1)
@@ -51,7 +52,7 @@ fn default_route_interface() -> Option<String> {
     if let Some((_, iface)) = best {
         return Some(iface);
     }
-    let v6 = std::fs::read_to_string("/proc/net/ipv6_route").unwrap_or_default();
+    let v6 = std::fs::read_to_string("/proc/self/net/ipv6_route").unwrap_or_default();
     v6.lines()
         .filter_map(|l| {
             let f: Vec<&str> = l.split_whitespace().collect();
