@@ -72,22 +72,7 @@ async fn accept_loop(
     graceful: Arc<GracefulShutdown>,
 ) -> Result<()> {
     let local = listener.local_addr()?;
-    loop {
-        let (stream, addr) = tokio::select! {
-            // Shutdown: stop accepting; in-flight connections are drained by the caller.
-            _ = cancel.cancelled() => return Ok(()),
-            // A new client.
-            accepted = listener.accept() => match accepted {
-                Ok(a) => a,
-                Err(e) => {
-                    // EMFILE and friends are transient: back off instead of spinning or dying.
-                    tracing::warn!("http accept on {local}: {e}");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-        };
-        let _ = stream.set_nodelay(true);
+    while let Some((stream, addr)) = accept(&listener, &cancel, "http").await {
         let peer = Peer {
             addr,
             local,
@@ -100,6 +85,34 @@ async fn accept_loop(
             state.clone(),
             &graceful,
         );
+    }
+    Ok(())
+}
+
+/// The next client on `listener`, with Nagle off; `None` once `cancel` fires. Shared by the
+/// HTTP and HTTPS accept loops.
+pub async fn accept(
+    listener: &TcpListener,
+    cancel: &CancellationToken,
+    what: &str,
+) -> Option<(tokio::net::TcpStream, SocketAddr)> {
+    loop {
+        tokio::select! {
+            // Shutdown: stop accepting; in-flight connections are drained by the caller.
+            _ = cancel.cancelled() => return None,
+            // A new client.
+            accepted = listener.accept() => match accepted {
+                Ok((stream, addr)) => {
+                    let _ = stream.set_nodelay(true);
+                    return Some((stream, addr));
+                }
+                Err(e) => {
+                    // EMFILE and friends are transient: back off instead of spinning or dying.
+                    tracing::warn!("{what} accept on {:?}: {e}", listener.local_addr().ok());
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            },
+        }
     }
 }
 

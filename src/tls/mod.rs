@@ -105,22 +105,7 @@ async fn accept_loop(
     handshakes: TaskTracker,
 ) -> Result<()> {
     let local = listener.local_addr()?;
-    loop {
-        let (stream, addr) = tokio::select! {
-            // Shutdown: stop accepting; in-flight connections are drained by the caller.
-            _ = cancel.cancelled() => return Ok(()),
-            // A new client.
-            accepted = listener.accept() => match accepted {
-                Ok(a) => a,
-                Err(e) => {
-                    // EMFILE and friends are transient: back off instead of spinning or dying.
-                    tracing::warn!("https accept on {local}: {e}");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-        };
-        let _ = stream.set_nodelay(true);
+    while let Some((stream, addr)) = crate::http::accept(&listener, &cancel, "https").await {
         let peer = Peer {
             addr,
             local,
@@ -136,6 +121,7 @@ async fn accept_loop(
             graceful.clone(),
         ));
     }
+    Ok(())
 }
 
 async fn handshake(
