@@ -267,19 +267,7 @@ impl<'de> Deserialize<'de> for HostName {
 }
 
 fn validate_host_name(s: &str) -> Result<(), String> {
-    let name = s.strip_suffix('.').unwrap_or(s);
-    let ok = !name.is_empty()
-        && name.len() <= 253
-        && name.split('.').all(|label| {
-            !label.is_empty()
-                && label.len() <= 63
-                && !label.starts_with('-')
-                && !label.ends_with('-')
-                && label
-                    .bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
-        });
-    if ok {
+    if crate::store::names::valid_dns_name(s) {
         Ok(())
     } else {
         Err(format!("{s:?} is not a valid host name"))

@@ -414,24 +414,11 @@ mod tests {
         assert!(!crit.include_local);
     }
 
+    /// A model with one layer of `size` bytes unique to it.
     fn write_model(l: &crate::store::Layout, name: &str, size: usize) -> crate::store::ModelRef {
-        use crate::store::{Digest, ModelRef};
-        let m = ModelRef::parse(name).unwrap();
         let mut data = vec![name.len() as u8; size];
         data.extend_from_slice(name.as_bytes());
-        let d = Digest::of(&data);
-        std::fs::write(l.blob_path(&d), &data).unwrap();
-        let cfg = Digest::of(name.as_bytes());
-        std::fs::write(l.blob_path(&cfg), name.as_bytes()).unwrap();
-        let json = format!(
-            r#"{{"config":{{"digest":"{cfg}","size":{}}},"layers":[{{"digest":"{d}","size":{}}}]}}"#,
-            name.len(),
-            data.len()
-        );
-        let p = l.manifest_path(&m);
-        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
-        std::fs::write(p, json).unwrap();
-        m
+        crate::store::testutil::write_model(l, name, &[&data])
     }
 
     #[tokio::test]

@@ -19,6 +19,8 @@ pub mod prefetch;
 pub mod prune;
 pub mod slicemap;
 pub mod stats;
+#[cfg(test)]
+pub mod testutil;
 pub mod usage;
 
 pub use index::Index;

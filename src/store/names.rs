@@ -181,6 +181,14 @@ pub fn valid_host(h: &str) -> bool {
             return false;
         }
     }
+    valid_dns_name(name)
+}
+
+/// A DNS host name (or dotted IPv4 address), one trailing dot allowed: labels of letters,
+/// digits and inner hyphens, 63 bytes each, 253 in all. The one check behind every host name
+/// the daemon accepts (configuration, model names, Host headers put into scripts).
+pub fn valid_dns_name(h: &str) -> bool {
+    let name = h.strip_suffix('.').unwrap_or(h);
     !name.is_empty()
         && name.len() <= 253
         && name.split('.').all(|l| {

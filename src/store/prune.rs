@@ -446,28 +446,7 @@ pub fn prune(store: &Store, c: &Criteria) -> Result<PruneReport, PruneError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    /// Writes a model whose layers are `blobs` (plus a config blob of its own).
-    pub(crate) fn write_model(l: &Layout, name: &str, blobs: &[&[u8]]) -> ModelRef {
-        let m = ModelRef::parse(name).unwrap();
-        let mut layers = Vec::new();
-        for b in blobs {
-            let d = Digest::of(b);
-            std::fs::write(l.blob_path(&d), b).unwrap();
-            layers.push(format!(r#"{{"digest":"{d}","size":{}}}"#, b.len()));
-        }
-        let cfg = Digest::of(name.as_bytes());
-        std::fs::write(l.blob_path(&cfg), name.as_bytes()).unwrap();
-        let json = format!(
-            r#"{{"schemaVersion":2,"config":{{"digest":"{cfg}","size":{}}},"layers":[{}]}}"#,
-            name.len(),
-            layers.join(",")
-        );
-        let p = l.manifest_path(&m);
-        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
-        std::fs::write(p, json).unwrap();
-        m
-    }
+    use crate::store::testutil::write_model;
 
     struct Fixture {
         _tmp: tempfile::TempDir,

@@ -137,7 +137,7 @@ pub fn parse_host_port(s: &str) -> Option<(String, Option<u16>)> {
         (format!("[{v6}]"), after)
     } else {
         let h = s.rsplit_once(':').map_or(s, |(h, _)| h);
-        if !valid_dns_name(h) {
+        if !crate::store::names::valid_dns_name(h) {
             return None;
         }
         (h.to_ascii_lowercase(), &s[h.len()..])
@@ -158,20 +158,6 @@ pub fn parse_host_port(s: &str) -> Option<(String, Option<u16>)> {
         }
     };
     Some((host, port))
-}
-
-/// A DNS name or dotted IPv4 address: letters, digits and inner hyphens per label.
-fn valid_dns_name(h: &str) -> bool {
-    let h = h.strip_suffix('.').unwrap_or(h);
-    !h.is_empty()
-        && h.len() <= 253
-        && h.split('.').all(|l| {
-            !l.is_empty()
-                && l.len() <= 63
-                && !l.starts_with('-')
-                && !l.ends_with('-')
-                && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
-        })
 }
 
 #[cfg(test)]
