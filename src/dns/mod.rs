@@ -62,6 +62,9 @@ pub async fn run(
     }
     loop {
         tokio::select! {
+            // Shutdown is checked first: the servers stop on the same token, and their ending
+            // then is expected, not a failure to report.
+            biased;
             // Shutdown: the drop guard stops the servers; wait for the UDP threads to notice.
             _ = cancel.cancelled() => break,
             // `lancachectl reload`: a new policy, same sockets.
