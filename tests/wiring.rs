@@ -29,6 +29,18 @@ fn config(up: &FakeUpstream, cache: &str) -> String {
     )
 }
 
+/// An upstream with one model of one `size`-byte layer, sending 1 MiB/s.
+fn slow_upstream(repo: &str, size: usize, seed: u64) -> (FakeUpstream, Vec<u8>) {
+    let up = FakeUpstream::start();
+    let layer = blob_bytes(size, seed);
+    up.add_model(repo, "latest", &[&layer[..]]);
+    up.faults(Faults {
+        throttle: 1 << 20,
+        ..Default::default()
+    });
+    (up, layer)
+}
+
 fn http(d: &Daemon) -> SocketAddr {
     d.http.unwrap()
 }
@@ -58,6 +70,18 @@ fn pull(d: &Daemon, repo: &str, tag: &str) {
     }
 }
 
+/// Runs `lancachectl`, asserts success, and says how long it took.
+fn ctl_ok(d: &Daemon, args: &[&str]) -> Duration {
+    let t = Instant::now();
+    let out = d.ctl(args);
+    assert!(
+        out.status.success(),
+        "{args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    t.elapsed()
+}
+
 fn model_json(d: &Daemon, name: &str) -> Option<serde_json::Value> {
     d.ctl_json(&["models"])["models"]
         .as_array()
@@ -83,12 +107,7 @@ fn pulled_model_is_indexed_as_fetched_and_prunable() {
     );
     let m = model_json(&d, name).unwrap();
     assert_eq!(m["complete"], true, "{m}");
-    let out = d.ctl(&["prune", "--model", "wired"]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    ctl_ok(&d, &["prune", "--model", "wired"]);
     assert!(model_json(&d, name).is_none());
     for dg in blobs_of(&manifest) {
         assert!(
@@ -160,17 +179,8 @@ fn prefetch_fills_a_model_through_the_proxy() {
     });
     let d = Daemon::builder().config(&config(&up, "")).start();
 
-    let t = Instant::now();
-    let out = d.ctl(&["prefetch", "llama3:8b", "--wait"]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(
-        t.elapsed() > Duration::from_millis(1000),
-        "waited for the fill"
-    );
+    let took = ctl_ok(&d, &["prefetch", "llama3:8b", "--wait"]);
+    assert!(took > Duration::from_millis(1000), "waited for the fill");
     let m = model_json(&d, "registry.ollama.ai/library/llama3:8b").unwrap();
     assert_eq!(m["complete"], true, "{m}");
     assert_eq!(
@@ -183,17 +193,10 @@ fn prefetch_fills_a_model_through_the_proxy() {
         "one copy upstream"
     );
 
-    let t = Instant::now();
-    let out = d.ctl(&["prefetch", "--no-wait", "qwen2.5:1.5b"]);
+    let took = ctl_ok(&d, &["prefetch", "--no-wait", "qwen2.5:1.5b"]);
     assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(
-        t.elapsed() < Duration::from_millis(1500),
-        "--no-wait took {:?}",
-        t.elapsed()
+        took < Duration::from_millis(1500),
+        "--no-wait took {took:?}"
     );
     let name = "registry.ollama.ai/library/qwen2.5:1.5b";
     assert_eq!(model_json(&d, name).unwrap()["complete"], false);
@@ -224,14 +227,8 @@ fn sessions(d: &Daemon) -> Vec<serde_json::Value> {
 
 #[test]
 fn slow_downloads_show_in_sessions() {
-    let up = FakeUpstream::start();
     let size = 6usize << 20;
-    let layer = blob_bytes(size, 26);
-    up.add_model("library/slow", "latest", &[&layer[..]]);
-    up.faults(Faults {
-        throttle: 1 << 20,
-        ..Default::default()
-    });
+    let (up, layer) = slow_upstream("library/slow", size, 26);
     let d = Daemon::builder()
         .config(&config(&up, "fill_connections = 1"))
         .start();
@@ -282,14 +279,8 @@ fn slow_downloads_show_in_sessions() {
 
 #[test]
 fn fills_resume_at_start_without_http() {
-    let up = FakeUpstream::start();
     let size = 6usize << 20;
-    let layer = blob_bytes(size, 27);
-    up.add_model("library/resume", "latest", &[&layer[..]]);
-    up.faults(Faults {
-        throttle: 1 << 20,
-        ..Default::default()
-    });
+    let (up, layer) = slow_upstream("library/resume", size, 27);
     let no_http = Activate {
         http: false,
         ..Default::default()
@@ -299,12 +290,7 @@ fn fills_resume_at_start_without_http() {
         .config(&config(&up, "fill_connections = 1"))
         .start();
     // Without HTTP, prefetch is how a fill starts.
-    let out = d.ctl(&["prefetch", "--no-wait", "resume"]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    ctl_ok(&d, &["prefetch", "--no-wait", "resume"]);
     let dg = digest(&layer);
     let map = d
         .cache_dir
