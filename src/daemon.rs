@@ -8,6 +8,7 @@
 //! in-flight work for at most [`DRAIN_DEADLINE`] (below the unit's TimeoutStopSec=30s), exit 0.
 
 use anyhow::{anyhow, Result};
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::signal::unix::{signal, SignalKind};
 use tokio::task::JoinSet;
@@ -107,6 +108,22 @@ fn subsystems(listeners: Listeners) -> Vec<Subsystem> {
     subs
 }
 
+/// Connects the proxy's fill engine to the lifecycle: published blobs count as fetched in the
+/// access index, `lancachectl prefetch` drives fills, and fills an earlier run left unfinished
+/// resume in the background (whatever listeners are configured, without delaying READY).
+fn wire_cache(state: &Arc<State>) {
+    let weak = Arc::downgrade(state);
+    state.proxy.fills.on_publish(Box::new(move |digest| {
+        if let Some(state) = weak.upgrade() {
+            state.index.record_fetched_blob(digest);
+        }
+    }));
+    state.set_prefetcher(Arc::new(crate::proxy::prefetch::ProxyPrefetcher::new(
+        state,
+    )));
+    tokio::spawn(crate::proxy::resume_leftovers(state.clone()));
+}
+
 async fn run_async(config: Config, source: ConfigSource, listeners: Listeners) -> Result<()> {
     // Signal handlers come first: once a subsystem runs, a client can see us up, and a SIGTERM
     // sent then must drain, not kill the process with the default disposition.
@@ -124,6 +141,7 @@ async fn run_async(config: Config, source: ConfigSource, listeners: Listeners) -
             state.layout.root().display()
         )
     })?;
+    wire_cache(&state);
     let mut subs = subsystems(listeners);
     if subs.is_empty() {
         return Err(anyhow!(

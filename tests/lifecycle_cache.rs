@@ -13,7 +13,8 @@
 //! - start-up to READY=1 stays under 100 ms with 10,000 blobs (the scan runs after READY);
 //! - the JSON of `models`, `stats` and `prune` has the documented fields and types, and the
 //!   human output fits 80 columns;
-//! - prefetch without the fill engine is refused with a clear message.
+//! - prefetch refuses bad names and registries that are not configured, with a clear message
+//!   (prefetch through the fill engine is in `wiring`).
 
 use crate::util::Daemon;
 use lancached::store::index::{now_secs, Entry};
@@ -22,7 +23,7 @@ use std::path::Path;
 use std::time::{Duration, Instant, SystemTime};
 
 /// Writes `bytes` as a blob; returns its digest.
-fn blob(cache: &Path, bytes: &[u8]) -> Digest {
+pub(crate) fn blob(cache: &Path, bytes: &[u8]) -> Digest {
     let d = Digest::of(bytes);
     std::fs::create_dir_all(cache.join("blobs")).unwrap();
     std::fs::write(cache.join("blobs").join(d.file_name()), bytes).unwrap();
@@ -30,7 +31,7 @@ fn blob(cache: &Path, bytes: &[u8]) -> Digest {
 }
 
 /// Writes a model (its own config blob plus `layers`) and returns its name.
-fn model(cache: &Path, name: &str, layers: &[&[u8]]) -> ModelRef {
+pub(crate) fn model(cache: &Path, name: &str, layers: &[&[u8]]) -> ModelRef {
     let m = ModelRef::parse(name).unwrap();
     let config = format!(r#"{{"model_format":"gguf","name":"{name}"}}"#);
     let cfg = blob(cache, config.as_bytes());
@@ -111,14 +112,14 @@ fn snapshot(dir: &Path) -> Vec<(String, u64)> {
     out
 }
 
-fn tmpdir() -> tempfile::TempDir {
+pub(crate) fn tmpdir() -> tempfile::TempDir {
     tempfile::Builder::new()
         .prefix("lancached-test")
         .tempdir()
         .unwrap()
 }
 
-fn wait_for(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
+pub(crate) fn wait_for(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
     let deadline = Instant::now() + timeout;
     while Instant::now() < deadline {
         if f() {
@@ -129,7 +130,7 @@ fn wait_for(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
     panic!("timed out waiting for {what}");
 }
 
-fn model_names(d: &Daemon) -> Vec<String> {
+pub(crate) fn model_names(d: &Daemon) -> Vec<String> {
     let v = d.ctl_json(&["models"]);
     v["models"]
         .as_array()
@@ -484,13 +485,14 @@ fn ready_under_100ms_with_10k_blobs() {
 }
 
 #[test]
-fn prefetch_without_fill_engine_is_refused_clearly() {
+fn prefetch_refuses_what_it_cannot_fetch_clearly() {
     let d = Daemon::start();
-    let out = d.ctl(&["prefetch", "llama3:8b"]);
+    // Only configured registries are asked (nothing here goes to the network).
+    let out = d.ctl(&["prefetch", "example.com/someone/model:1"]);
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
-        err.contains("fill engine") && err.contains("Unsupported"),
+        err.contains("example.com is not in [upstream.registries]"),
         "{err}"
     );
     let out = d.ctl(&["prefetch", "bad//name"]);

@@ -122,6 +122,14 @@ fn metrics_parse_and_match_stats() {
         .iter()
         .any(|s| s.0 == "lancache_http_responses" && s.3 == "class=2xx" && s.4 >= 1.0));
     assert_eq!(find("lancache_cache_usage_bytes").1, "gauge");
+    // The DNS section (the harness always gives the daemon DNS sockets) and the cache's fill
+    // and traffic counters, both built from the same stats as `lancachectl stats`.
+    assert_eq!(find("lancache_dns_intercepted").1, "counter");
+    assert_eq!(
+        find("lancache_dns_forwarded").2,
+        "lancache_dns_forwarded_total"
+    );
+    assert_eq!(find("lancache_cache_blobs").1, "gauge");
     assert_eq!(find("lancache_cache_max_size").1, "gauge");
     assert_eq!(find("lancache_lifecycle_evictions").1, "counter");
     assert_eq!(find("lancache_lifecycle_prunes").1, "counter");

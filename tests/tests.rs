@@ -23,3 +23,4 @@ mod sideload;
 mod systemd;
 mod tls;
 mod webui;
+mod wiring;

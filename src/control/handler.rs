@@ -147,7 +147,7 @@ fn parse_names(names: &[String]) -> Result<Vec<crate::store::ModelRef>, String> 
     Ok(out)
 }
 
-const NO_PREFETCHER: &str = "prefetch needs the fill engine, which this lancached build does not have wired in; pull the model once with `ollama pull` through the cache instead";
+const NO_PREFETCHER: &str = "prefetch is not available: no fill engine is installed in this daemon; pull the model once with `ollama pull` through the cache instead";
 
 async fn prefetch(state: &Arc<State>, names: Vec<String>) -> Response {
     let models = match parse_names(&names) {

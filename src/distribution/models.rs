@@ -41,6 +41,8 @@ pub async fn manifest<B>(req: &Request<B>, state: &Arc<State>) -> Response<Body>
         Ok(m) => m,
         Err(resp) => return *resp,
     };
+    // A side-load (install.sh) starts here: a use of the model for LRU eviction.
+    state.index.touch_manifest(&model.name);
     let media_type = serde_json::from_slice::<serde_json::Value>(&model.manifest_bytes)
         .ok()
         .and_then(|v| v.get("mediaType")?.as_str().map(str::to_string))
@@ -96,6 +98,7 @@ pub async fn tar<B>(req: &Request<B>, peer: Peer, state: &Arc<State>) -> Respons
             .distribution
             .sessions
             .start(client, model.name.short_name(), len);
+        state.index.touch_manifest(&model.name);
         Response::new(archive.into_body(session))
     };
     set(&mut resp, header::CONTENT_TYPE, "application/x-tar");

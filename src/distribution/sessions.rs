@@ -1,5 +1,5 @@
 //! Client downloads in progress, for `/api/sessions` and the web UI. Whoever streams bytes to a
-//! client (the tar route here; the proxy's data plane once wired in) calls [`Sessions::start`]
+//! client (the tar route here, the proxy's data plane for blobs) calls [`Sessions::start`]
 //! when the response starts, [`SessionGuard::add`] as bytes go out, and drops the guard when the
 //! response ends, completes or is abandoned: a session can never outlive its response.
 //!

@@ -42,7 +42,6 @@ pub async fn run(
     cancel: CancellationToken,
 ) -> Result<()> {
     let graceful = Arc::new(GracefulShutdown::new());
-    crate::proxy::resume_leftovers(&state);
     let mut accept_loops = tokio::task::JoinSet::new();
     for l in listeners {
         l.set_nonblocking(true)?;

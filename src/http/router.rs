@@ -45,7 +45,7 @@ async fn dispatch(req: Request<Incoming>, peer: Peer, state: &Arc<State>) -> Res
             crate::proxy::registry::handle(req, peer, state).await
         }
         (&Method::GET | &Method::HEAD, p) if p.starts_with("/blobs/") => {
-            crate::proxy::dataplane::handle(req, state).await
+            crate::proxy::dataplane::handle(req, peer, state).await
         }
         (_, p) if p == "/v2" || p.starts_with("/v2/") => crate::proxy::registry::error(
             StatusCode::METHOD_NOT_ALLOWED,

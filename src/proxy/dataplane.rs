@@ -19,8 +19,11 @@ use std::os::unix::fs::FileExt;
 use std::sync::Arc;
 
 use super::registry::error as registry_error;
-use super::{fetch, fill_params, KnownBlob};
+use super::{fetch, join_fill, FillStartError, KnownBlob};
+use crate::distribution::client::client_addr;
+use crate::distribution::sessions::SessionGuard;
 use crate::http::body::{self, Body};
+use crate::http::Peer;
 use crate::state::State;
 use crate::store::fill::{Joined, Origin, Waiter, READ_CHUNK};
 use crate::store::names::valid_host;
@@ -29,7 +32,7 @@ use crate::store::stats::Event;
 use crate::store::{Digest, ModelRef};
 
 /// `/blobs/<digest>[?registry=..&repo=..]`.
-pub async fn handle(req: Request<Incoming>, state: &Arc<State>) -> Response<Body> {
+pub async fn handle(req: Request<Incoming>, peer: Peer, state: &Arc<State>) -> Response<Body> {
     let raw = req.uri().path().trim_start_matches("/blobs/");
     let digest = match Digest::parse(raw) {
         Ok(d) => d,
@@ -61,12 +64,13 @@ pub async fn handle(req: Request<Incoming>, state: &Arc<State>) -> Response<Body
         }
         origin = Some((reg, repo));
     }
-    serve(&req, state, &digest, origin).await
+    serve(&req, peer, state, &digest, origin).await
 }
 
 /// Serves one blob: from `blobs/` when cached, else from its fill (started if need be).
 pub async fn serve(
     req: &Request<Incoming>,
+    peer: Peer,
     state: &Arc<State>,
     digest: &Digest,
     origin: Option<(String, String)>,
@@ -81,16 +85,30 @@ pub async fn serve(
         .as_ref()
         .map(|k| k.registry.clone())
         .unwrap_or_else(|| "local".to_string());
+    // Each body is one client download in `/api/sessions`, named by repository when known.
+    let what = match &known {
+        Some(k) => format!("{}@{digest}", k.repository),
+        None => digest.to_string(),
+    };
+    let session = |start: u64, end: u64| {
+        let cfg = state.config();
+        let client = client_addr(peer.addr, req.headers(), &cfg.http.trusted_proxies);
+        state
+            .distribution
+            .sessions
+            .start(client, what.clone(), end - start)
+    };
     if let Ok(file) = open_published(&path) {
         let size = match file.metadata() {
             Ok(m) => m.len(),
             Err(e) => return internal(e),
         };
         counters.count(&registry, Event::BlobHit);
+        state.index.touch_blob(digest);
         let pin = state.pins.pin(digest);
         return respond(req, digest, size, |start, end| {
             counters.count(&registry, Event::BytesFromCache(end - start));
-            published_body(file, size, start, end, pin)
+            published_body(file, size, start, end, pin, session(start, end))
         });
     }
     let Some(KnownBlob {
@@ -136,23 +154,12 @@ pub async fn serve(
         return respond(req, digest, size, |_, _| body::empty());
     }
     counters.count(&registry, Event::BlobMiss);
-    let cfg = state.config();
-    let fetcher = Arc::new(fetch::RegistryFetcher::new(
-        state.clone(),
-        &registry,
-        &repository,
-        digest,
-        size,
-    ));
+    state.index.touch_blob(digest);
     let origin = Origin {
         registry: registry.clone(),
         repository,
     };
-    match state
-        .proxy
-        .fills
-        .join(digest, size, origin, fill_params(&cfg), fetcher)
-    {
+    match join_fill(state, digest, size, size, origin).await {
         Ok(Joined::Published) => match open_published(&path) {
             Ok(file) => {
                 // Published between our look and the join: the file's own size is the truth.
@@ -162,7 +169,7 @@ pub async fn serve(
                 };
                 let pin = state.pins.pin(digest);
                 respond(req, digest, size, |start, end| {
-                    published_body(file, size, start, end, pin)
+                    published_body(file, size, start, end, pin, session(start, end))
                 })
             }
             Err(e) => internal(e),
@@ -170,22 +177,32 @@ pub async fn serve(
         Ok(Joined::Filling(fill)) => {
             let pin = state.pins.pin(digest);
             respond(req, digest, size, |start, end| {
-                file_body(Source::Fill(fill.waiter(start)), start, end, pin)
+                let s = session(start, end);
+                file_body(Source::Fill(fill.waiter(start)), start, end, pin, s)
             })
         }
-        Err(e) => {
-            counters.failure("disk");
-            internal(e)
+        Err(e) => fill_refused(digest, e),
+    }
+}
+
+/// The answer when a fill cannot start: 507 with the lifecycle's reason when there is no room
+/// (hits keep being served), 500 on a disk error.
+pub fn fill_refused(digest: &Digest, e: FillStartError) -> Response<Body> {
+    match e {
+        FillStartError::NoSpace(e) => {
+            tracing::warn!(%digest, "fill refused: {e}");
+            registry_error(StatusCode::INSUFFICIENT_STORAGE, "UNAVAILABLE", &e.message)
         }
+        FillStartError::Io(e) => internal(e),
     }
 }
 
 /// Starts the fill of a cold blob whose origin and size are known, without serving it: a
 /// registry-API GET does this before answering its 307, so upstream bytes are already on their
-/// way when the client's ranged GETs reach the data plane.
-pub fn prefetch(state: &Arc<State>, digest: &Digest) {
+/// way when the client's ranged GETs reach the data plane. `Err` when the fill cannot start.
+pub async fn prefetch(state: &Arc<State>, digest: &Digest) -> Result<(), FillStartError> {
     if state.layout.blob_path(digest).exists() {
-        return;
+        return Ok(());
     }
     let Some(KnownBlob {
         registry,
@@ -193,27 +210,13 @@ pub fn prefetch(state: &Arc<State>, digest: &Digest) {
         size: Some(size),
     }) = state.proxy.known(digest)
     else {
-        return;
+        return Ok(());
     };
-    let cfg = state.config();
-    let fetcher = Arc::new(fetch::RegistryFetcher::new(
-        state.clone(),
-        &registry,
-        &repository,
-        digest,
-        size,
-    ));
     let origin = Origin {
         registry,
         repository,
     };
-    if let Err(e) = state
-        .proxy
-        .fills
-        .join(digest, size, origin, fill_params(&cfg), fetcher)
-    {
-        tracing::warn!(%digest, "cannot start fill: {e}");
-    }
+    join_fill(state, digest, size, size, origin).await.map(drop)
 }
 
 /// Opens a published blob without following a symlink planted in `blobs/`.
@@ -381,10 +384,17 @@ fn respond(
 }
 
 /// A published blob's body: mapped (zero-copy into hyper), or read with pread if mapping fails.
-fn published_body(file: std::fs::File, size: u64, start: u64, end: u64, pin: Pin) -> Body {
+fn published_body(
+    file: std::fs::File,
+    size: u64,
+    start: u64,
+    end: u64,
+    pin: Pin,
+    session: SessionGuard,
+) -> Body {
     match crate::store::mapped::Mapping::new(&file, size) {
-        Ok(map) => super::mapped::body(Arc::new(map), start, end, pin),
-        Err(_) => file_body(Source::File(Arc::new(file)), start, end, pin),
+        Ok(map) => super::mapped::body(Arc::new(map), start, end, pin, session),
+        Err(_) => file_body(Source::File(Arc::new(file)), start, end, pin, session),
     }
 }
 
@@ -399,18 +409,20 @@ struct Cursor {
     end: u64,
     done: bool,
     _pin: Pin,
+    session: SessionGuard,
 }
 
 /// Streams bytes `start..end` from a published file or a fill, in chunks of up to 1 MiB read
 /// with pread on the blocking pool. A failed fill ends the stream with an error (the response
 /// is aborted, never completed).
-fn file_body(source: Source, start: u64, end: u64, pin: Pin) -> Body {
+fn file_body(source: Source, start: u64, end: u64, pin: Pin, session: SessionGuard) -> Body {
     let cursor = Cursor {
         source,
         pos: start,
         end,
         done: false,
         _pin: pin,
+        session,
     };
     let s = stream::unfold(cursor, |mut c| async move {
         if c.done || c.pos >= c.end {
@@ -429,6 +441,7 @@ fn file_body(source: Source, start: u64, end: u64, pin: Pin) -> Body {
                         let len = n.min(c.end - c.pos).min(super::mapped::FRAME);
                         let b = crate::store::mapped::slice(&map, c.pos, c.pos + len);
                         c.pos += len;
+                        c.session.add(len);
                         return Some((Ok(b), c));
                     }
                     (w.file(), n)
@@ -451,6 +464,7 @@ fn file_body(source: Source, start: u64, end: u64, pin: Pin) -> Body {
         match read {
             Ok(b) => {
                 c.pos += b.len() as u64;
+                c.session.add(b.len() as u64);
                 Some((Ok(b), c))
             }
             Err(e) => {

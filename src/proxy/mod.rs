@@ -15,6 +15,7 @@
 pub mod dataplane;
 pub mod fetch;
 pub mod mapped;
+pub mod prefetch;
 pub mod registry;
 pub mod upstream;
 
@@ -26,7 +27,8 @@ use std::sync::{Arc, Mutex};
 use crate::config::{BaseUrl, Config};
 use crate::http::Peer;
 use crate::state::State;
-use crate::store::fill::{FillParams, Fills, Origin};
+use crate::store::eviction::{ensure_space, NoSpace};
+use crate::store::fill::{FillParams, FillSnapshot, Fills, Joined, Origin};
 use crate::store::stats::CacheCounters;
 use crate::store::{Digest, Layout, Manifest, Pins};
 
@@ -159,13 +161,67 @@ pub fn public_base(cfg: &Config, peer: &Peer) -> String {
     }
 }
 
-/// Starts, once per process, the fills an earlier run left unfinished.
-pub fn resume_leftovers(state: &Arc<State>) {
+/// Why a fill could not be joined or started.
+#[derive(Debug)]
+pub enum FillStartError {
+    /// Not even eviction makes room for the blob; the message is for the log and the client.
+    NoSpace(NoSpace),
+    Io(std::io::Error),
+}
+
+impl std::fmt::Display for FillStartError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            FillStartError::NoSpace(e) => write!(f, "{e}"),
+            FillStartError::Io(e) => write!(f, "cannot start fill: {e}"),
+        }
+    }
+}
+
+/// Joins the fill of `digest` in flight, or starts one after asking the lifecycle for room for
+/// `need` bytes (which may evict least recently used models). The one way every part of the
+/// proxy gets a fill, so none skips the space check.
+pub async fn join_fill(
+    state: &Arc<State>,
+    digest: &Digest,
+    size: u64,
+    need: u64,
+    origin: Origin,
+) -> Result<Joined, FillStartError> {
+    if let Some(j) = state.proxy.fills.existing(digest) {
+        return Ok(j);
+    }
+    if let Err(e) = ensure_space(state, need).await {
+        state.proxy.counters.failure("no_space");
+        return Err(FillStartError::NoSpace(e));
+    }
+    let cfg = state.config();
+    let fetcher = fetch::RegistryFetcher::new(
+        state.clone(),
+        &origin.registry,
+        &origin.repository,
+        digest,
+        size,
+    );
+    state
+        .proxy
+        .fills
+        .join(digest, size, origin, fill_params(&cfg), Arc::new(fetcher))
+        .map_err(FillStartError::Io)
+}
+
+/// Starts, once per process, the fills an earlier run left unfinished. The daemon runs it in
+/// the background at start, whatever listeners are configured.
+pub async fn resume_leftovers(state: Arc<State>) {
     if state.proxy.resumed.swap(true, Ordering::SeqCst) {
         return;
     }
     let cfg = state.config();
-    for m in state.proxy.fills.leftovers() {
+    let fills = state.proxy.fills.clone();
+    let leftovers = tokio::task::spawn_blocking(move || fills.leftovers())
+        .await
+        .unwrap_or_default();
+    for m in leftovers {
         let Ok(digest) = Digest::parse(&m.digest) else {
             continue;
         };
@@ -176,22 +232,36 @@ pub fn resume_leftovers(state: &Arc<State>) {
         state
             .proxy
             .learn(&digest, &m.registry, &m.repository, Some(m.size));
-        let fetcher =
-            fetch::RegistryFetcher::new(state.clone(), &m.registry, &m.repository, &digest, m.size);
+        // The landed slices are already on disk: room is needed only for the rest.
+        let landed = (m.landed.len() as u64).saturating_mul(m.slice_size);
         let origin = Origin {
             registry: m.registry.clone(),
             repository: m.repository.clone(),
         };
-        match state.proxy.fills.join(
+        match join_fill(
+            &state,
             &digest,
             m.size,
+            m.size.saturating_sub(landed),
             origin,
-            fill_params(&cfg),
-            Arc::new(fetcher),
-        ) {
+        )
+        .await
+        {
             Ok(_) => tracing::info!(%digest, "resuming interrupted fill"),
             Err(e) => tracing::warn!(%digest, "cannot resume fill: {e}"),
         }
+    }
+}
+
+/// A fill in flight as `stats` and `prefetch` report it, under `model`.
+pub fn fill_progress(f: &FillSnapshot, model: String) -> FillProgress {
+    FillProgress {
+        model: Some(model),
+        digest: f.digest.to_string(),
+        size: f.size,
+        landed: f.landed,
+        waiters: f.waiters,
+        state: f.state.clone(),
     }
 }
 
@@ -216,13 +286,9 @@ pub fn cache_stats(state: &State) -> CacheStats {
         .fills
         .snapshot()
         .into_iter()
-        .map(|f| FillProgress {
-            model: Some(format!("{}/{}", f.origin.registry, f.origin.repository)),
-            digest: f.digest.to_string(),
-            size: f.size,
-            landed: f.landed,
-            waiters: f.waiters,
-            state: f.state,
+        .map(|f| {
+            let model = format!("{}/{}", f.origin.registry, f.origin.repository);
+            fill_progress(&f, model)
         })
         .collect();
     s

@@ -23,6 +23,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use super::{public_base, registry_for, strip_port};
+use crate::config::BaseUrl;
 use crate::http::body::{self, Body};
 use crate::http::Peer;
 use crate::state::State;
@@ -104,13 +105,18 @@ pub async fn handle(req: Request<Incoming>, peer: Peer, state: &Arc<State>) -> R
                     &format!("invalid tag {reference:?}"),
                 );
             };
-            let url: Uri = match format!("{}/v2/{name}/manifests/{reference}", base.as_str())
-                .parse()
-            {
+            let url = match manifest_url(&base, &name, reference) {
                 Ok(u) => u,
-                Err(e) => return error(StatusCode::BAD_REQUEST, "NAME_INVALID", &e.to_string()),
+                Err(e) => return error(StatusCode::BAD_REQUEST, "NAME_INVALID", &e),
             };
-            manifest(&req, state, &registry, &name, target, url).await
+            let Resolved {
+                bytes,
+                content_type,
+            } = match resolve_manifest(req.headers(), state, &registry, &name, target, url).await {
+                Ok(r) => r,
+                Err(resp) => return resp,
+            };
+            serve_manifest(bytes, content_type)
         }
         "blobs" => {
             let digest = match Digest::parse(reference) {
@@ -129,6 +135,7 @@ pub async fn handle(req: Request<Incoming>, peer: Peer, state: &Arc<State>) -> R
                 // would not be followed by Ollama, so serve it here.
                 return super::dataplane::serve(
                     &req,
+                    peer,
                     state,
                     &digest,
                     Some((registry.clone(), name.clone())),
@@ -137,7 +144,9 @@ pub async fn handle(req: Request<Incoming>, peer: Peer, state: &Arc<State>) -> R
             }
             if req.method() == Method::GET {
                 // The client is about to fetch it: start the fill now (no-op if cached/filling).
-                super::dataplane::prefetch(state, &digest);
+                if let Err(e) = super::dataplane::prefetch(state, &digest).await {
+                    return super::dataplane::fill_refused(&digest, e);
+                }
             }
             let location = format!("{public}/blobs/{digest}?registry={registry}&repo={name}");
             let mut r = Response::new(body::empty());
@@ -158,6 +167,13 @@ pub async fn handle(req: Request<Incoming>, peer: Peer, state: &Arc<State>) -> R
     }
 }
 
+/// Upstream's URL of a manifest.
+pub fn manifest_url(base: &BaseUrl, name: &str, reference: &str) -> Result<Uri, String> {
+    format!("{}/v2/{name}/manifests/{reference}", base.as_str())
+        .parse()
+        .map_err(|e: http::uri::InvalidUri| e.to_string())
+}
+
 /// The host the client asked for (HTTP/1 `Host`, or the HTTP/2 authority).
 fn request_host(req: &Request<Incoming>) -> String {
     req.headers()
@@ -169,7 +185,7 @@ fn request_host(req: &Request<Incoming>) -> String {
         .to_ascii_lowercase()
 }
 
-enum Target {
+pub enum Target {
     Tag(ModelRef),
     /// Manifests asked for by digest are immutable; kept in the daemon's own area.
     Digest(Digest),
@@ -205,17 +221,42 @@ fn store(state: &State, path: &PathBuf, bytes: &[u8]) -> std::io::Result<()> {
     std::fs::rename(&tmp, path)
 }
 
-async fn manifest(
-    req: &Request<Incoming>,
+/// A manifest as the proxy serves it.
+pub struct Resolved {
+    pub bytes: Vec<u8>,
+    /// Upstream's `Content-Type` when it was just fetched.
+    pub content_type: Option<HeaderValue>,
+}
+
+/// The manifest a client gets for `name:reference`: a fresh cached copy, else upstream's
+/// (stored, and marked fetched in the access index), else the cached copy when upstream fails.
+/// `Err` is the response to pass on (404, 401, 502...). Serving it counts as a use of the model.
+pub async fn resolve_manifest(
+    req_headers: &HeaderMap,
     state: &Arc<State>,
     registry: &str,
     name: &str,
     target: Target,
     url: Uri,
-) -> Response<Body> {
+) -> Result<Resolved, Response<Body>> {
+    let resolved = fetch_manifest(req_headers, state, registry, name, &target, url).await?;
+    if let Target::Tag(m) = &target {
+        state.index.touch_manifest(m);
+    }
+    Ok(resolved)
+}
+
+async fn fetch_manifest(
+    req_headers: &HeaderMap,
+    state: &Arc<State>,
+    registry: &str,
+    name: &str,
+    target: &Target,
+    url: Uri,
+) -> Result<Resolved, Response<Body>> {
     let cfg = state.config();
     let counters = &state.proxy.counters;
-    let path = match &target {
+    let path = match target {
         Target::Tag(m) => state.layout.manifest_path(m),
         Target::Digest(d) => state
             .layout
@@ -232,17 +273,19 @@ async fn manifest(
         if fresh {
             counters.count(registry, Event::ManifestHit);
             state.proxy.learn_manifest(registry, name, bytes);
-            return serve_manifest(bytes.clone(), None);
+            return Ok(Resolved {
+                bytes: bytes.clone(),
+                content_type: None,
+            });
         }
     }
     let mut headers = HeaderMap::new();
-    let accept = req
-        .headers()
+    let accept = req_headers
         .get(header::ACCEPT)
         .cloned()
         .unwrap_or(HeaderValue::from_static(DEFAULT_ACCEPT));
     headers.insert(header::ACCEPT, accept);
-    if let Some(auth) = req.headers().get(header::AUTHORIZATION) {
+    if let Some(auth) = req_headers.get(header::AUTHORIZATION) {
         headers.insert(header::AUTHORIZATION, auth.clone());
     }
     let fetched = tokio::time::timeout(MANIFEST_TIMEOUT, async {
@@ -268,20 +311,23 @@ async fn manifest(
     .await
     .unwrap_or_else(|_| Err(anyhow::anyhow!("upstream took over {MANIFEST_TIMEOUT:?}")));
 
-    let offline = |why: String| -> Option<Response<Body>> {
+    let offline = |why: String| -> Option<Resolved> {
         let (bytes, _) = cached.as_ref()?;
         tracing::warn!(%url, "upstream unavailable ({why}); serving the cached manifest");
         CacheCounters::bump(&counters.manifest_offline_serves);
         counters.count(registry, Event::ManifestHit);
         state.proxy.learn_manifest(registry, name, bytes);
-        Some(serve_manifest(bytes.clone(), None))
+        Some(Resolved {
+            bytes: bytes.clone(),
+            content_type: None,
+        })
     };
     match fetched {
         Ok((StatusCode::OK, h, bytes)) => {
-            if let Target::Digest(d) = &target {
+            if let Target::Digest(d) = target {
                 if Digest::of(&bytes) != *d {
                     counters.failure("manifest_digest_mismatch");
-                    return offline("manifest digest mismatch".into()).unwrap_or_else(|| {
+                    return offline("manifest digest mismatch".into()).ok_or_else(|| {
                         error(
                             StatusCode::BAD_GATEWAY,
                             "UNAVAILABLE",
@@ -303,31 +349,41 @@ async fn manifest(
                     if cached.is_some() {
                         CacheCounters::bump(&counters.manifest_revalidations);
                     }
-                    if let Err(e) = store(state, &path, &bytes) {
-                        tracing::error!(path = %path.display(), "cannot store manifest: {e}");
-                        counters.failure("disk");
+                    match store(state, &path, &bytes) {
+                        Ok(()) => {
+                            // Written from upstream: the daemon's own, so it may be evicted.
+                            if let Target::Tag(m) = target {
+                                state.index.record_fetched(m);
+                            }
+                        }
+                        Err(e) => {
+                            tracing::error!(path = %path.display(), "cannot store manifest: {e}");
+                            counters.failure("disk");
+                        }
                     }
                 }
             }
             counters.count(registry, Event::ManifestMiss);
             state.proxy.learn_manifest(registry, name, &bytes);
-            let ct = h.get(header::CONTENT_TYPE).cloned();
-            serve_manifest(bytes.to_vec(), ct)
+            Ok(Resolved {
+                bytes: bytes.to_vec(),
+                content_type: h.get(header::CONTENT_TYPE).cloned(),
+            })
         }
         Ok((status, h, bytes))
             if status.is_server_error() || status == StatusCode::TOO_MANY_REQUESTS =>
         {
             counters.failure("upstream_status");
             offline(format!("upstream answered {status}"))
-                .unwrap_or_else(|| passthrough(status, &h, bytes))
+                .ok_or_else(|| passthrough(status, &h, bytes))
         }
         Ok((status, h, bytes)) => {
             // 404, 401 with its WWW-Authenticate, other client errors: the client's business.
-            passthrough(status, &h, bytes)
+            Err(passthrough(status, &h, bytes))
         }
         Err(e) => {
             counters.failure("upstream_unreachable");
-            offline(format!("{e:#}")).unwrap_or_else(|| {
+            offline(format!("{e:#}")).ok_or_else(|| {
                 tracing::warn!(%url, "upstream unreachable: {e:#}");
                 error(
                     StatusCode::BAD_GATEWAY,

@@ -23,7 +23,7 @@ use sha2::Digest as _;
 use std::collections::HashMap;
 use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 use tokio::sync::{watch, Semaphore};
 
@@ -154,7 +154,12 @@ pub struct Fills {
     counters: Arc<CacheCounters>,
     active: Mutex<HashMap<Digest, Arc<Fill>>>,
     permits: Arc<Semaphore>,
+    /// Told of every blob a fill publishes (the access index marks it as fetched).
+    on_publish: OnceLock<PublishHook>,
 }
+
+/// See [`Fills::on_publish`].
+pub type PublishHook = Box<dyn Fn(&Digest) + Send + Sync>;
 
 impl Fills {
     pub fn new(
@@ -169,7 +174,25 @@ impl Fills {
             counters,
             active: Mutex::new(HashMap::new()),
             permits: Arc::new(Semaphore::new(max_fills.max(1))),
+            on_publish: OnceLock::new(),
         }
+    }
+
+    /// Sets what to call when a fill publishes a verified blob (once; later calls are ignored).
+    pub fn on_publish(&self, hook: PublishHook) {
+        let _ = self.on_publish.set(hook);
+    }
+
+    /// What a request for `digest` would join without starting anything: the fill in flight,
+    /// or the published blob. `None` means joining would start a new fill.
+    pub fn existing(&self, digest: &Digest) -> Option<Joined> {
+        if let Some(f) = self.active.lock().unwrap().get(digest) {
+            return Some(Joined::Filling(f.clone()));
+        }
+        self.layout
+            .blob_path(digest)
+            .exists()
+            .then_some(Joined::Published)
     }
 
     /// Joins the fill in flight for `digest`, or starts one (resuming from a slice map left by
@@ -280,6 +303,9 @@ impl Fills {
         match verdict {
             Ok(()) => {
                 CacheCounters::bump(&self.counters.fills_completed);
+                if let Some(hook) = self.on_publish.get() {
+                    hook(&fill.digest);
+                }
                 tracing::info!(digest = %fill.digest, size = fill.size, "blob filled and verified");
             }
             Err(e) => {
@@ -416,6 +442,23 @@ impl Fill {
         }
         drop(st);
         self.notify();
+    }
+
+    /// Waits for the fill's end: `Ok` once the blob is published, `Err` with the reason once
+    /// the fill has failed.
+    pub async fn finished(&self) -> Result<(), String> {
+        let mut rx = self.progress.subscribe();
+        loop {
+            let outcome = self.state.lock().unwrap().outcome.clone();
+            match outcome {
+                Outcome::Done => return Ok(()),
+                Outcome::Failed(e) => return Err(e),
+                Outcome::Running => {}
+            }
+            if rx.changed().await.is_err() {
+                return Err("the fill ended without a verdict".into());
+            }
+        }
     }
 
     /// A reader of the blob from `offset` on; it tells the schedulers what it needs.

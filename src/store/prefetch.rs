@@ -1,7 +1,8 @@
 //! Filling models into the cache ahead of time (`lancachectl prefetch`). The fill engine does
 //! the work; this is the interface the control socket drives it through, so the lifecycle code
 //! does not depend on how fills are run. The daemon wires an implementation in with
-//! [`crate::state::State::set_prefetcher`]; without one, prefetch answers "unsupported".
+//! [`crate::state::State::set_prefetcher`] (the proxy's `ProxyPrefetcher`, installed at daemon
+//! start); without one, prefetch answers "unsupported".
 //!
 //! A prefetch is resumable by construction: starting a model whose blobs are partly cached
 //! fills only what is missing, and a fill keeps running when the client that asked for it goes
