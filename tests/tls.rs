@@ -103,10 +103,9 @@ fn s_client(d: &Daemon, name: &str) -> (bool, String) {
     )
 }
 
-/// `openssl x509 -text` of the first certificate in `pem`.
-fn x509_text(pem: &str) -> String {
-    let mut child = Command::new("openssl")
-        .args(["x509", "-noout", "-text"])
+/// Runs `cmd` with `input` on its stdin; returns what it printed.
+fn with_stdin(cmd: &mut Command, input: &str) -> Output {
+    let mut child = cmd
         .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::piped())
         .spawn()
@@ -115,9 +114,17 @@ fn x509_text(pem: &str) -> String {
         .stdin
         .take()
         .unwrap()
-        .write_all(pem.as_bytes())
+        .write_all(input.as_bytes())
         .unwrap();
-    let out = child.wait_with_output().unwrap();
+    child.wait_with_output().unwrap()
+}
+
+/// `openssl x509 -text` of the first certificate in `pem`.
+fn x509_text(pem: &str) -> String {
+    let out = with_stdin(
+        Command::new("openssl").args(["x509", "-noout", "-text"]),
+        pem,
+    );
     assert!(out.status.success());
     String::from_utf8(out.stdout).unwrap()
 }
@@ -541,19 +548,7 @@ if e is not None:
         }
         panic!("tree-sitter-powershell is not installed: run scripts/test-deps.sh (or set LANCACHE_ALLOW_SKIP=1)");
     }
-    let mut child = Command::new("python3")
-        .args(["-c", check])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(script.as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
+    let out = with_stdin(Command::new("python3").args(["-c", check]), script);
     if !out.status.success() {
         eprintln!("{}", String::from_utf8_lossy(&out.stdout));
     }
@@ -773,13 +768,7 @@ fn lan_client_pulls_through_the_cache_over_verified_tls() {
 
     // The cache listens on the LAN address, default ports (what an unmodified client uses).
     let d = Daemon::builder()
-        .activate(Activate {
-            dns: false,
-            http: false,
-            https: false,
-            // Nothing socket-activated, so the daemon binds the listen addresses itself.
-            control: false,
-        })
+        .activate(Activate::none())
         .config(&format!(
             "[tls]\nlisten = [\"{ip}:443\"]\n\
              [http]\nlisten = [\"{ip}:80\"]\npublic_url = \"http://{ip}\"\n\
@@ -819,18 +808,21 @@ fn lan_client_pulls_through_the_cache_over_verified_tls() {
         )
     };
     let pull = |o: &Ollama| o.cli(&["pull", "registry.ollama.ai/library/tiny"]);
+    let pulled = |o: &Ollama| {
+        let out = pull(o);
+        assert!(
+            out.status.success(),
+            "ollama pull: {}\nserve log:\n{}\ndaemon:\n{}",
+            text(&out),
+            o.log(),
+            d.stderr()
+        );
+        o.list()
+    };
 
     // The first client fills the cache from upstream.
     let a = client("a", &bundle);
-    let out = pull(&a);
-    assert!(
-        out.status.success(),
-        "ollama pull: {}\nserve log:\n{}\ndaemon:\n{}",
-        text(&out),
-        a.log(),
-        d.stderr()
-    );
-    let list = a.list();
+    let list = pulled(&a);
     assert!(
         // Ollama shows the default registry's models by their short name.
         list.iter()
@@ -846,15 +838,7 @@ fn lan_client_pulls_through_the_cache_over_verified_tls() {
     drop(front);
     drop(up);
     let b = client("b", &bundle);
-    let out = pull(&b);
-    assert!(
-        out.status.success(),
-        "pull from the cache: {}\nserve log:\n{}\ndaemon:\n{}",
-        text(&out),
-        b.log(),
-        d.stderr()
-    );
-    assert!(b.list().iter().any(|(_, id)| *id == manifest_id));
+    assert!(pulled(&b).iter().any(|(_, id)| *id == manifest_id));
     drop(b);
 
     // A client that does not trust our CA is refused: we never weaken TLS.
