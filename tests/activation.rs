@@ -44,12 +44,7 @@ fn activated_sockets_are_classified() {
 fn bind_fallback_v4_and_v6() {
     let (p4, p6) = (free_port(), free_port());
     let d = Daemon::builder()
-        .activate(Activate {
-            dns: false,
-            http: false,
-            https: false,
-            control: false,
-        })
+        .activate(Activate::none())
         .config(&format!(
             "[http]\nlisten = [\"127.0.0.1:{p4}\", \"[::1]:{p6}\"]\n"
         ))

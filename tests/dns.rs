@@ -433,21 +433,14 @@ fn garbage_is_survived() {
     let s = UdpSocket::bind("127.0.0.1:0").unwrap();
     s.set_read_timeout(Some(Duration::from_millis(300)))
         .unwrap();
-    let mut seed = 0x2545_f491_4f6c_dd1du64;
     let mut junk: Vec<Vec<u8>> = vec![vec![], vec![0], vec![0; 12], vec![0xff; 12], vec![0; 9000]];
     // A query whose name is a compression pointer to itself.
     junk.push(b"\x12\x34\x01\x00\x00\x01\x00\x00\x00\x00\x00\x00\xc0\x0c\x00\x01\x00\x01".to_vec());
     for len in [13, 40, 300, 1500] {
-        junk.push(
-            (0..len)
-                .map(|_| {
-                    seed ^= seed << 13;
-                    seed ^= seed >> 7;
-                    seed ^= seed << 17;
-                    seed as u8
-                })
-                .collect(),
-        );
+        junk.push(crate::util::models::noise(
+            0x2545_f491_4f6c_dd1d ^ len as u64,
+            len,
+        ));
     }
     for j in &junk {
         s.send_to(j, dns).unwrap();
@@ -509,12 +502,7 @@ fn ipv6_over_udp_and_tcp() {
     };
     let mut d = Daemon::builder()
         // Nothing activated: the daemon binds its own sockets from `listen`.
-        .activate(crate::util::daemon::Activate {
-            dns: false,
-            http: false,
-            https: false,
-            control: false,
-        })
+        .activate(crate::util::daemon::Activate::none())
         .config(&format!(
             "[dns]\nlisten = [\"[::1]:{port}\"]\nadvertise = [\"192.0.2.10\", \"2001:db8::10\"]\n"
         ))

@@ -91,12 +91,7 @@ fn sigterm_drains_in_flight_requests() {
 fn no_listeners_is_an_error() {
     use crate::util::daemon::Activate;
     let mut d = Daemon::builder()
-        .activate(Activate {
-            dns: false,
-            http: false,
-            https: false,
-            control: false,
-        })
+        .activate(Activate::none())
         .config("[control]\nsocket = \"\"\n")
         .spawn();
     let status = d.wait_exit(Duration::from_secs(10)).expect("exits");

@@ -80,15 +80,7 @@ fn set_mtime(path: &Path, age: Duration) {
 }
 
 fn random(n: usize, seed: u8) -> Vec<u8> {
-    let mut x = 0x9e3779b97f4a7c15u64 ^ seed as u64;
-    (0..n)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
+    crate::util::models::noise(seed.into(), n)
 }
 
 /// Every file under `dir` with its size (the state a dry run must not change).

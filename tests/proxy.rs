@@ -429,8 +429,6 @@ fn kill9_mid_fill_resumes_without_refetching() {
     let landed_at_kill = landed(&map);
     assert!(!blob_file(&d, &dg).exists());
     let dir = d.into_dir();
-    // The harness binds a fresh control socket at the same path.
-    let _ = std::fs::remove_file(dir.path().join("control.sock"));
     up.faults(Faults::default());
     // The fake may still push one chunk into the dead connection before it notices.
     std::thread::sleep(Duration::from_millis(300));

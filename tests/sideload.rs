@@ -29,6 +29,15 @@ fn models(cache: &Path) -> Vec<TestModel> {
     ]
 }
 
+/// A daemon over a cache holding [`models`], and those models.
+fn daemon_with_models() -> (Daemon, Vec<TestModel>) {
+    let tmp = prepared_dir(|c| {
+        models(c);
+    });
+    let want = models(&tmp.path().join("cache"));
+    (Daemon::builder().dir(tmp).start(), want)
+}
+
 /// The base URL clients use, with a working `/blobs/...` (probed with a blob the cache has).
 fn front(d: &Daemon, known: &TestModel) -> (String, Option<NginxFront>) {
     let (digest, size) = &known.blobs[0];
@@ -79,11 +88,7 @@ fn install_sh_sideloads_into_real_ollama() {
     if !require_program("curl") {
         return;
     }
-    let tmp = prepared_dir(|c| {
-        models(c);
-    });
-    let want = models(&tmp.path().join("cache"));
-    let d = Daemon::builder().dir(tmp).start();
+    let (d, want) = daemon_with_models();
     let (url, _nginx) = front(&d, &want[0]);
     let target = tempfile::tempdir().unwrap();
     let dir = target.path().join("models");
@@ -147,11 +152,7 @@ fn install_sh_sideloads_into_real_ollama() {
 
 #[test]
 fn install_sh_errors_and_listing() {
-    let tmp = prepared_dir(|c| {
-        models(c);
-    });
-    let want = models(&tmp.path().join("cache"));
-    let d = Daemon::builder().dir(tmp).start();
+    let (d, want) = daemon_with_models();
     let (url, _nginx) = front(&d, &want[0]);
     let target = tempfile::tempdir().unwrap();
     let dir = target.path().join("models");
@@ -210,11 +211,7 @@ fn install_sh_errors_and_listing() {
 
 #[test]
 fn tar_route_sideloads_into_real_ollama() {
-    let tmp = prepared_dir(|c| {
-        models(c);
-    });
-    let want = models(&tmp.path().join("cache"));
-    let d = Daemon::builder().dir(tmp).start();
+    let (d, want) = daemon_with_models();
     let target = tempfile::tempdir().unwrap();
     let dir = target.path().join("models");
     std::fs::create_dir_all(&dir).unwrap();

@@ -18,8 +18,6 @@
 //!   it; with a Debian-like fake root the real update-ca-certificates puts the CA into that
 //!   root's bundle (curl then verifies the cache with it) and takes it out on --uninstall; a
 //!   hostile Host header never reaches the script; `/setup.ps1` is filled the same way;
-//! - the real Ollama client trusts the CA via SSL_CERT_FILE (Go enforces name constraints) and
-//!   fails with an x509 error without it;
 //! - `/setup.ps1` parses (tree-sitter PowerShell grammar; no pwsh here);
 //! - a client that never sends a ClientHello is dropped after the 10 s handshake timeout;
 //! - an unusable `ca_dir` stops a daemon with HTTPS (error names key and path) and makes
@@ -27,11 +25,18 @@
 //! - SIGTERM with an idle TLS connection open drains and exits 0;
 //! - with `dns.advertise`, a client connecting by IP (no SNI) gets a leaf with that IP SAN, and
 //!   the CA permits exactly that address (OpenSSL verifies it);
-//! - the LAN set-up: a client in its own network namespace, resolv.conf pointing at the cache,
-//!   the real Ollama client pulling `registry.ollama.ai/library/tiny` (default port, no
-//!   `--insecure`) reaches the cache over verified TLS; without the CA it gets an x509 error.
+//! - issue 5's end-to-end proof: a LAN client in its own network namespace, resolv.conf naming
+//!   lancached's DNS, the real Ollama client (Go's verifier, which enforces name constraints)
+//!   with SSL_CERT_FILE = system bundle + our CA pulls `registry.ollama.ai/library/tiny`
+//!   (default port, no `--insecure`) through the cache from a TLS upstream (test root via
+//!   `[upstream] ca_file`); `ollama list` shows the upstream manifest ID; a second client pulls
+//!   it with the upstream gone; a client without our CA fails with an x509 error.
 
 use crate::util::daemon::Activate;
+use crate::util::netns::NetNs;
+use crate::util::ollama::Ollama;
+use crate::util::tls_upstream::{dns_responder, TlsFront};
+use crate::util::upstream::FakeUpstream;
 use crate::util::{require_program, Daemon};
 use std::io::{Read, Write};
 use std::os::unix::fs::PermissionsExt;
@@ -98,10 +103,9 @@ fn s_client(d: &Daemon, name: &str) -> (bool, String) {
     )
 }
 
-/// `openssl x509 -text` of the first certificate in `pem`.
-fn x509_text(pem: &str) -> String {
-    let mut child = Command::new("openssl")
-        .args(["x509", "-noout", "-text"])
+/// Runs `cmd` with `input` on its stdin; returns what it printed.
+fn with_stdin(cmd: &mut Command, input: &str) -> Output {
+    let mut child = cmd
         .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::piped())
         .spawn()
@@ -110,9 +114,17 @@ fn x509_text(pem: &str) -> String {
         .stdin
         .take()
         .unwrap()
-        .write_all(pem.as_bytes())
+        .write_all(input.as_bytes())
         .unwrap();
-    let out = child.wait_with_output().unwrap();
+    child.wait_with_output().unwrap()
+}
+
+/// `openssl x509 -text` of the first certificate in `pem`.
+fn x509_text(pem: &str) -> String {
+    let out = with_stdin(
+        Command::new("openssl").args(["x509", "-noout", "-text"]),
+        pem,
+    );
     assert!(out.status.success());
     String::from_utf8(out.stdout).unwrap()
 }
@@ -173,8 +185,6 @@ fn ca_is_created_once_reused_and_rotated_only_on_request() {
 
     // Restart over the same directory: the very same CA.
     let tmp = d.into_dir();
-    // kill -9 left the harness's control socket behind; the harness binds a fresh one.
-    std::fs::remove_file(tmp.path().join("control.sock")).unwrap();
     let d = Daemon::builder()
         .activate(Activate {
             https: true,
@@ -507,124 +517,6 @@ fn setup_scripts_never_reflect_a_hostile_host_header() {
     assert!(!public.contains("@@LANCACHE"));
 }
 
-/// The real Ollama client (`../shared/tools/get-ollama.sh`, installed by scripts/test-deps.sh).
-fn ollama_bin() -> Option<std::path::PathBuf> {
-    let path = std::env::var_os("LANCACHE_OLLAMA")
-        .map(std::path::PathBuf::from)
-        .or_else(|| {
-            std::env::var_os("HOME")
-                .map(|h| std::path::PathBuf::from(h).join(".cache/lancache-test/ollama/ollama"))
-        })?;
-    if path.exists() {
-        return Some(path);
-    }
-    if std::env::var("LANCACHE_ALLOW_SKIP").as_deref() == Ok("1") {
-        eprintln!("SKIP: the real Ollama client is not installed");
-        return None;
-    }
-    panic!(
-        "{} is missing: run scripts/test-deps.sh (or set LANCACHE_ALLOW_SKIP=1)",
-        path.display()
-    );
-}
-
-/// Runs `ollama serve` + `ollama pull MODEL` in a private mount namespace whose /etc/hosts
-/// sends registry.ollama.ai to 127.0.0.1 (standing in for the cache's DNS, issue 4), with
-/// `SSL_CERT_FILE` = `bundle`. Returns the pull's exit status and output.
-fn ollama_pull(ollama: &Path, work: &Path, bundle: &Path, model: &str) -> (bool, String) {
-    let hosts = work.join("hosts");
-    std::fs::write(
-        &hosts,
-        "127.0.0.1 localhost\n127.0.0.1 registry.ollama.ai\n",
-    )
-    .unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let script = r#"set -e
-mount --bind "$HOSTS" /etc/hosts
-"$OLLAMA" serve >"$WORK/serve.log" 2>&1 &
-pid=$!
-trap 'kill $pid; wait $pid 2>/dev/null || true' EXIT
-i=0
-until curl -fsS "http://$OLLAMA_HOST/" >/dev/null 2>&1; do
-  i=$((i+1)); [ $i -lt 200 ] || { echo "ollama serve did not start"; exit 99; }; sleep 0.1
-done
-"$OLLAMA" pull "$MODEL"
-"#;
-    let out = Command::new("timeout")
-        .args([
-            "120",
-            "unshare",
-            "--mount",
-            "--propagation",
-            "private",
-            "sh",
-            "-c",
-        ])
-        .arg(script)
-        .current_dir(work)
-        .env("HOSTS", &hosts)
-        .env("OLLAMA", ollama)
-        .env("WORK", work)
-        .env("MODEL", model)
-        .env("OLLAMA_HOST", format!("127.0.0.1:{port}"))
-        .env("OLLAMA_MODELS", work.join("models"))
-        .env("HOME", work)
-        .env("SSL_CERT_FILE", bundle)
-        .output()
-        .unwrap();
-    (out.status.success(), text(&out))
-}
-
-/// The real Ollama client (Go's crypto/x509, which enforces name constraints) accepts the
-/// cache's constrained CA through SSL_CERT_FILE, reaches the cache's router over TLS and gets
-/// its answer (404 here: the registry proxy is issue 3); without the CA it fails with a
-/// certificate error. The full pull through the proxy and DNS is in docs/tls.md ("End-to-end").
-#[test]
-fn real_ollama_client_trusts_the_ca() {
-    if !require_program("unshare") || !require_program("curl") {
-        return;
-    }
-    let Some(ollama) = ollama_bin() else {
-        return;
-    };
-    let d = https_daemon("");
-    let port = d.https.unwrap().port();
-    let model = format!("registry.ollama.ai:{port}/library/tiny");
-    let work = tempfile::tempdir().unwrap();
-    let system = Path::new("/etc/ssl/certs/ca-certificates.crt");
-    let bundle = work.path().join("bundle.pem");
-    let mut pem = std::fs::read(system).unwrap_or_default();
-    pem.extend(std::fs::read(ca_path(&d)).unwrap());
-    std::fs::write(&bundle, pem).unwrap();
-
-    let (ok, out) = ollama_pull(&ollama, work.path(), &bundle, &model);
-    eprintln!("ollama pull with the CA: {out}");
-    assert!(!ok, "nothing to pull yet: {out}");
-    assert!(
-        !out.contains("x509") && !out.contains("tls:"),
-        "TLS must verify: {out}"
-    );
-    assert!(out.contains("file does not exist"), "{out}");
-    let stats = d.ctl_json(&["stats"]);
-    assert!(stats["tls"]["handshakes"].as_u64().unwrap() >= 1, "{stats}");
-    assert!(
-        stats["http"]["responses"]["4xx"].as_u64().unwrap() >= 1,
-        "{stats}"
-    );
-
-    let (ok, out) = ollama_pull(&ollama, work.path(), system, &model);
-    eprintln!("ollama pull without the CA: {out}");
-    assert!(!ok);
-    assert!(
-        out.contains("x509: certificate signed by unknown authority"),
-        "{out}"
-    );
-}
-
 /// Syntax-checks PowerShell with the tree-sitter grammar (PyPI `tree-sitter-powershell`, from
 /// scripts/test-deps.sh); there is no pwsh to run it. Returns None when the grammar is missing
 /// and skipping is allowed.
@@ -656,19 +548,7 @@ if e is not None:
         }
         panic!("tree-sitter-powershell is not installed: run scripts/test-deps.sh (or set LANCACHE_ALLOW_SKIP=1)");
     }
-    let mut child = Command::new("python3")
-        .args(["-c", check])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(script.as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
+    let out = with_stdin(Command::new("python3").args(["-c", check]), script);
     if !out.status.success() {
         eprintln!("{}", String::from_utf8_lossy(&out.stdout));
     }
@@ -855,174 +735,120 @@ fn clients_by_ip_get_the_address_leaf() {
     assert_eq!(d.ctl_json(&["stats"])["tls"]["no_sni"], 0);
 }
 
-/// A "LAN client" network namespace joined to the root namespace by a veth pair, with its own
-/// resolv.conf; removed (with its veth, its /etc/netns entry and its processes) on drop.
-struct LanClient {
-    ns: String,
-    /// The cache's address as the client sees it (the root side of the veth).
-    cache_ip: String,
-    children: Vec<std::process::Child>,
-}
-
-impl LanClient {
-    fn new() -> LanClient {
-        let id = std::process::id() % 60000;
-        let ns = format!("lc-lan-{id}");
-        let (host_if, ns_if) = (format!("lcv{id}a"), format!("lcv{id}b"));
-        let (a, b) = ((id / 64) % 250 + 1, (id % 64) * 4);
-        let cache_ip = format!("10.213.{a}.{}", b + 1);
-        let client_ip = format!("10.213.{a}.{}", b + 2);
-        let sh = |cmd: &str| {
-            let out = Command::new("sh").arg("-c").arg(cmd).output().unwrap();
-            assert!(out.status.success(), "{cmd}: {}", text(&out));
-        };
-        let _ = Command::new("ip").args(["netns", "del", &ns]).output();
-        sh(&format!("ip netns add {ns}"));
-        let client = LanClient {
-            ns: ns.clone(),
-            cache_ip: cache_ip.clone(),
-            children: vec![],
-        };
-        sh(&format!(
-            "ip link add {host_if} type veth peer name {ns_if} netns {ns} && \
-             ip addr add {cache_ip}/30 dev {host_if} && ip link set {host_if} up && \
-             ip -n {ns} addr add {client_ip}/30 dev {ns_if} && ip -n {ns} link set {ns_if} up && \
-             ip -n {ns} link set lo up && ip -n {ns} route add default via {cache_ip}"
-        ));
-        std::fs::create_dir_all(format!("/etc/netns/{ns}")).unwrap();
-        std::fs::write(
-            format!("/etc/netns/{ns}/resolv.conf"),
-            format!("nameserver {cache_ip}\n"),
-        )
-        .unwrap();
-        client
-    }
-
-    /// Runs `cmd` inside the namespace with `env`, returning its output.
-    fn run(&self, env: &[(&str, &Path)], cmd: &[&str]) -> Output {
-        let mut c = Command::new("ip");
-        c.args(["netns", "exec", &self.ns]).args(cmd);
-        for (k, v) in env {
-            c.env(k, v);
-        }
-        c.output().unwrap()
-    }
-}
-
-impl Drop for LanClient {
-    fn drop(&mut self) {
-        for c in &mut self.children {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-        let _ = Command::new("ip").args(["netns", "del", &self.ns]).output();
-        let _ = std::fs::remove_dir_all(format!("/etc/netns/{}", self.ns));
-    }
-}
-
-/// The LAN set-up of issue 5's end-to-end proof, as far as it exists without the registry proxy
-/// (issue 3) and the DNS interceptor (issue 4): a client in its own network namespace, whose
-/// resolv.conf points at the cache's address, runs the real Ollama client with
-/// `SSL_CERT_FILE` = system bundle + our CA and pulls `registry.ollama.ai/library/tiny` with no
-/// port and no `--insecure`: DNS (dnsmasq standing in for lancached's interceptor) sends it to the
-/// cache's 443, TLS verifies, and the cache's router answers (404: no proxy yet). Without the CA
-/// the same pull fails with a certificate error. docs/tls.md lists what the full proof adds.
+/// Issue 5's end-to-end proof. A "LAN client" network namespace (veth to the root namespace)
+/// whose resolv.conf names lancached's own DNS; lancached in the root namespace on the client's
+/// side of the veth, ports 53, 80 and 443 bound from its config (no activation); an upstream
+/// playing registry.ollama.ai over TLS (nginx with a leaf from a test root, trusted by
+/// lancached only through `[upstream] ca_file`, its name known only to `[upstream] resolvers`)
+/// whose blobs 307 to a "CDN" on another loopback address. The real Ollama client, with
+/// `SSL_CERT_FILE` = system bundle + the cache's CA, pulls
+/// `registry.ollama.ai/library/tiny` with the default port and no `--insecure`.
 #[test]
-fn lan_client_in_a_namespace_reaches_the_cache_over_verified_tls() {
-    for p in ["ip", "dnsmasq", "curl"] {
+fn lan_client_pulls_through_the_cache_over_verified_tls() {
+    for p in ["ip", "nginx", "openssl"] {
         if !require_program(p) {
             return;
         }
     }
-    let Some(ollama) = ollama_bin() else {
+    if !crate::util::require_ollama() {
         return;
-    };
-    let mut lan = LanClient::new();
-    let ip = lan.cache_ip.clone();
+    }
+    let started = Instant::now();
+    let lan = NetNs::new(&[]);
+    let (ip, _client_ip) = lan.veth();
+    lan.set_resolver(&ip);
+
+    let up = FakeUpstream::start();
+    let layer = crate::util::upstream::blob_bytes(3 << 20, 5);
+    let manifest = up.add_model("library/tiny", "latest", &[&layer[..]]);
+    let manifest_id = crate::util::upstream::digest(&manifest)[7..19].to_string();
+    const UPSTREAM: &str = "registry.upstream.lancache-test";
+    let front = TlsFront::start(UPSTREAM, &up.url());
+    let (resolver, _) = dns_responder();
+
     // The cache listens on the LAN address, default ports (what an unmodified client uses).
     let d = Daemon::builder()
-        .activate(Activate {
-            dns: false,
-            http: false,
-            https: false,
-            // Nothing socket-activated, so the daemon binds the listen addresses itself.
-            control: false,
-        })
+        .activate(Activate::none())
         .config(&format!(
-            "[tls]\nlisten = [\"{ip}:443\"]\n[http]\nlisten = [\"{ip}:80\"]\n[dns]\nadvertise = [\"{ip}\"]\n"
+            "[tls]\nlisten = [\"{ip}:443\"]\n\
+             [http]\nlisten = [\"{ip}:80\"]\npublic_url = \"http://{ip}\"\n\
+             [dns]\nlisten = [\"{ip}:53\"]\nadvertise = [\"{ip}\"]\n\
+             [upstream]\nresolvers = [\"{resolver}\"]\nca_file = {ca:?}\n\
+             [upstream.registries]\n\"registry.ollama.ai\" = \"https://{UPSTREAM}:{port}\"\n",
+            ca = front.ca_file().display().to_string(),
+            port = front.port,
         ))
         .start();
-    // Stand-in for lancached's DNS interceptor: registry.ollama.ai -> the cache.
-    lan.children.push(
-        Command::new("dnsmasq")
-            .args([
-                "--no-daemon",
-                "--no-resolv",
-                "--no-hosts",
-                "--bind-interfaces",
-                "--except-interface=lo",
-                "--port=53",
-            ])
-            .arg(format!("--listen-address={ip}"))
-            .arg(format!("--address=/registry.ollama.ai/{ip}"))
-            .arg(format!(
-                "--pid-file={}",
-                d.dir.join("dnsmasq.pid").display()
-            ))
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .unwrap(),
+    // The client's resolver is the cache: registry.ollama.ai is the cache's LAN address.
+    let resolved = lan
+        .command("getent")
+        .args(["ahostsv4", "registry.ollama.ai"])
+        .output()
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&resolved.stdout).starts_with(&format!("{ip} ")),
+        "{}",
+        text(&resolved)
     );
+
     let work = tempfile::tempdir().unwrap();
     let bundle = work.path().join("bundle.pem");
     let system = Path::new("/etc/ssl/certs/ca-certificates.crt");
     let mut pem = std::fs::read(system).unwrap_or_default();
     pem.extend(std::fs::read(ca_path(&d)).unwrap());
     std::fs::write(&bundle, pem).unwrap();
-    wait_for("dnsmasq", || {
-        lan.run(&[], &["sh", "-c", "getent hosts registry.ollama.ai"])
-            .status
-            .success()
-    });
-
-    let pull = |certs: &Path| -> String {
-        let models = tempfile::tempdir().unwrap();
-        let script = r#"set -e
-"$OLLAMA" serve >"$MODELS/serve.log" 2>&1 &
-pid=$!
-trap 'kill $pid; wait $pid 2>/dev/null || true' EXIT
-i=0
-until curl -fsS http://127.0.0.1:11434/ >/dev/null 2>&1; do
-  i=$((i+1)); [ $i -lt 200 ] || { echo "ollama serve did not start"; exit 99; }; sleep 0.1
-done
-"$OLLAMA" pull registry.ollama.ai/library/tiny
-"#;
-        let out = lan.run(
-            &[
-                ("OLLAMA", &ollama),
-                ("MODELS", models.path()),
-                ("OLLAMA_MODELS", models.path()),
-                ("HOME", models.path()),
-                ("SSL_CERT_FILE", certs),
-            ],
-            &["timeout", "120", "sh", "-c", script],
-        );
-        text(&out)
+    let client = |name: &str, certs: &Path| {
+        let models = work.path().join(name).join("models");
+        std::fs::create_dir_all(&models).unwrap();
+        Ollama::serve(
+            &models,
+            11434,
+            Some(&lan),
+            &[("SSL_CERT_FILE", certs.to_str().unwrap())],
+        )
     };
-    let trusted = pull(&bundle);
-    eprintln!("with the CA: {trusted}");
+    let pull = |o: &Ollama| o.cli(&["pull", "registry.ollama.ai/library/tiny"]);
+    let pulled = |o: &Ollama| {
+        let out = pull(o);
+        assert!(
+            out.status.success(),
+            "ollama pull: {}\nserve log:\n{}\ndaemon:\n{}",
+            text(&out),
+            o.log(),
+            d.stderr()
+        );
+        o.list()
+    };
+
+    // The first client fills the cache from upstream.
+    let a = client("a", &bundle);
+    let list = pulled(&a);
     assert!(
-        !trusted.contains("x509") && !trusted.contains("tls:"),
-        "TLS must verify: {trusted}"
+        // Ollama shows the default registry's models by their short name.
+        list.iter()
+            .any(|(n, id)| n == "tiny:latest" && *id == manifest_id),
+        "ollama list shows the upstream manifest's ID {manifest_id}: {list:?}"
     );
-    assert!(trusted.contains("file does not exist"), "{trusted}");
+    assert_eq!(up.cdn_bytes(), up.blob_total(), "every blob came once");
     let stats = d.ctl_json(&["stats"]);
     assert!(stats["tls"]["handshakes"].as_u64().unwrap() >= 1, "{stats}");
-    let untrusted = pull(system);
-    eprintln!("without the CA: {untrusted}");
+    drop(a);
+
+    // Upstream gone: a second client (its own models directory) pulls from the cache alone.
+    drop(front);
+    drop(up);
+    let b = client("b", &bundle);
+    assert!(pulled(&b).iter().any(|(_, id)| *id == manifest_id));
+    drop(b);
+
+    // A client that does not trust our CA is refused: we never weaken TLS.
+    let c = client("c", system);
+    let out = pull(&c);
+    assert!(!out.status.success());
     assert!(
-        untrusted.contains("x509: certificate signed by unknown authority"),
-        "{untrusted}"
+        text(&out).contains("x509: certificate signed by unknown authority"),
+        "{}",
+        text(&out)
     );
+    eprintln!("end-to-end proof took {:?}", started.elapsed());
 }

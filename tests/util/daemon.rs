@@ -22,6 +22,18 @@ pub struct Activate {
     pub control: bool,
 }
 
+impl Activate {
+    /// Nothing socket-activated: the daemon binds every `listen` address of its config itself.
+    pub fn none() -> Activate {
+        Activate {
+            dns: false,
+            http: false,
+            https: false,
+            control: false,
+        }
+    }
+}
+
 impl Default for Activate {
     fn default() -> Self {
         Activate {

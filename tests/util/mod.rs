@@ -7,6 +7,7 @@ pub mod models;
 pub mod netns;
 pub mod nginx;
 pub mod ollama;
+pub mod tls_upstream;
 pub mod upstream;
 
 pub use daemon::Daemon;

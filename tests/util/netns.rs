@@ -59,6 +59,48 @@ impl NetNs {
         .unwrap();
     }
 
+    /// Joins the namespace to the root namespace with a veth pair on a /30 of its own (derived
+    /// from the pid and the namespace's counter, so parallel test processes never collide), and
+    /// routes everything through it. Returns (root side, namespace side) addresses: the root
+    /// side is where a daemon in the root namespace listens for this "LAN client". The pair
+    /// goes away with the namespace.
+    pub fn veth(&self) -> (String, String) {
+        let n = self
+            .name
+            .rsplit('-')
+            .next()
+            .unwrap()
+            .parse::<u32>()
+            .unwrap();
+        // 14 bits of pid and 4 of counter pick one /30 out of 10.213.0.0/16.
+        let slot = ((std::process::id() & 0x3fff) << 4 | (n & 0xf)) % (1 << 14);
+        let base = slot * 4;
+        let (root_ip, ns_ip) = (
+            format!("10.213.{}.{}", base >> 8, (base & 0xff) + 1),
+            format!("10.213.{}.{}", base >> 8, (base & 0xff) + 2),
+        );
+        let (root_if, ns_if) = (format!("lcv{slot}a"), format!("lcv{slot}b"));
+        let _ = Command::new("ip").args(["link", "del", &root_if]).output();
+        ip(&[
+            "link", "add", &root_if, "type", "veth", "peer", "name", &ns_if, "netns", &self.name,
+        ]);
+        ip(&["addr", "add", &format!("{root_ip}/30"), "dev", &root_if]);
+        ip(&["link", "set", &root_if, "up"]);
+        let n = &self.name;
+        ip(&[
+            "-n",
+            n,
+            "addr",
+            "add",
+            &format!("{ns_ip}/30"),
+            "dev",
+            &ns_if,
+        ]);
+        ip(&["-n", n, "link", "set", &ns_if, "up"]);
+        ip(&["-n", n, "route", "add", "default", "via", &root_ip]);
+        (root_ip, ns_ip)
+    }
+
     /// Moves the calling thread into the namespace.
     pub fn enter(&self) {
         let f = std::fs::File::open(format!("/run/netns/{}", self.name)).expect("netns file");

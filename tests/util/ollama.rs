@@ -53,6 +53,11 @@ impl Ollama {
             .env("OLLAMA_HOST", &host)
             .env("OLLAMA_MODELS", models)
             .env("HOME", models.parent().unwrap_or(Path::new("/tmp")))
+            // A proxy from the environment would take the client's requests past the cache.
+            .env_remove("HTTP_PROXY")
+            .env_remove("HTTPS_PROXY")
+            .env_remove("http_proxy")
+            .env_remove("https_proxy")
             .envs(env.iter().copied())
             // The binary's libraries carry an empty RPATH entry: never run it from its own dir.
             .current_dir("/")

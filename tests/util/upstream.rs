@@ -62,17 +62,7 @@ pub fn digest(bytes: &[u8]) -> String {
 
 /// Deterministic pseudo-random bytes (so failures are reproducible).
 pub fn blob_bytes(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed
-        .wrapping_mul(6364136223846793005)
-        .wrapping_add(1442695040888963407);
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            (x >> 24) as u8
-        })
-        .collect()
+    super::models::noise(seed, len)
 }
 
 impl FakeUpstream {
