@@ -59,6 +59,28 @@ pub fn blob_url(
         .map_err(|e| FetchError::new("config", format!("bad blob URL: {e}")))
 }
 
+/// A ranged GET of a blob from its registry, following the redirect to the CDN (whose presigned
+/// URL is used once and never kept). Shared by the fill's slice fetches and the size probe.
+async fn get_range(
+    state: &State,
+    registry: &str,
+    repository: &str,
+    digest: &Digest,
+    range: &str,
+) -> Result<http::Response<hyper::body::Incoming>, FetchError> {
+    let cfg = state.config();
+    let url = blob_url(&cfg, registry, repository, digest)?;
+    let mut headers = HeaderMap::new();
+    let range = HeaderValue::from_str(range).expect("a byte range is ASCII");
+    headers.insert(header::RANGE, range);
+    state
+        .proxy
+        .upstream
+        .send(&cfg, Method::GET, url, &headers, true)
+        .await
+        .map_err(|e| FetchError::new("upstream_unreachable", format!("{e:#}")))
+}
+
 /// Parses `bytes a-b/total`.
 fn content_range(v: &str) -> Option<(u64, u64, Option<u64>)> {
     let rest = v.trim().strip_prefix("bytes ")?;
@@ -80,19 +102,14 @@ impl Fetcher for RegistryFetcher {
         let digest = self.digest.clone();
         let size = self.size;
         Box::pin(async move {
-            let cfg = state.config();
-            let url = blob_url(&cfg, &registry, &repository, &digest)?;
-            let mut headers = HeaderMap::new();
-            headers.insert(
-                header::RANGE,
-                HeaderValue::from_str(&format!("bytes={start}-{end}")).expect("ascii"),
-            );
-            let resp = state
-                .proxy
-                .upstream
-                .send(&cfg, Method::GET, url, &headers, true)
-                .await
-                .map_err(|e| FetchError::new("upstream_unreachable", format!("{e:#}")))?;
+            let resp = get_range(
+                &state,
+                &registry,
+                &repository,
+                &digest,
+                &format!("bytes={start}-{end}"),
+            )
+            .await?;
             match resp.status() {
                 StatusCode::PARTIAL_CONTENT => {
                     let cr = resp
@@ -189,16 +206,7 @@ pub async fn probe_size(
     repository: &str,
     digest: &Digest,
 ) -> Result<Option<u64>, FetchError> {
-    let cfg = state.config();
-    let url = blob_url(&cfg, registry, repository, digest)?;
-    let mut headers = HeaderMap::new();
-    headers.insert(header::RANGE, HeaderValue::from_static("bytes=0-0"));
-    let resp = state
-        .proxy
-        .upstream
-        .send(&cfg, Method::GET, url, &headers, true)
-        .await
-        .map_err(|e| FetchError::new("upstream_unreachable", format!("{e:#}")))?;
+    let resp = get_range(state, registry, repository, digest, "bytes=0-0").await?;
     match resp.status() {
         StatusCode::PARTIAL_CONTENT => Ok(resp
             .headers()

@@ -115,14 +115,25 @@ impl Ca {
         }
         // Only the parts an issuer needs; validity and constraints live in the stored file.
         let params = ca_params(&key, &NameSet::default(), false);
-        Ok(Ca {
+        Ok(Ca::assemble(dir, pem, der, key, params))
+    }
+
+    /// The one place a `Ca` is put together, so the fingerprint always matches the DER.
+    fn assemble(
+        dir: &Path,
+        pem: String,
+        der: CertificateDer<'static>,
+        key: KeyPair,
+        params: CertificateParams,
+    ) -> Ca {
+        Ca {
             dir: dir.to_path_buf(),
             fingerprint: fingerprint(&der),
             pem,
             der,
             key,
             params,
-        })
+        }
     }
 
     /// Makes a new CA and writes it to `dir`, replacing any CA there (each file atomically:
@@ -141,14 +152,7 @@ impl Ca {
         write_atomic(&dir.join(KEY_FILE), key.serialize_pem().as_bytes(), 0o600)?;
         write_atomic(&dir.join(CERT_FILE), pem.as_bytes(), 0o644)?;
         sync_dir(dir);
-        Ok(Ca {
-            dir: dir.to_path_buf(),
-            fingerprint: fingerprint(&der),
-            pem,
-            der,
-            key,
-            params,
-        })
+        Ok(Ca::assemble(dir, pem, der, key, params))
     }
 }
 
