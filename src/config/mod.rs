@@ -481,6 +481,21 @@ mod tests {
         Config::parse(QUICKSTART_TOML).unwrap();
     }
 
+    /// Found by the `config_parse` fuzz target: sizes serialised rounded (`5020GiB` as
+    /// `4.9 TiB`), so a written-out configuration read back as a different one.
+    #[test]
+    fn serialised_config_parses_to_the_same_config() {
+        for text in [
+            PACKAGED_TOML,
+            QUICKSTART_TOML,
+            "[cache]\nmax_size = \"5020GiB\"\nmin_free = 1234567\nslice_size = \"33MB\"\n",
+        ] {
+            let config = Config::parse(text).unwrap();
+            let again = toml::to_string(&config).unwrap();
+            assert_eq!(Config::parse(&again).unwrap(), config, "{again}");
+        }
+    }
+
     #[test]
     fn unknown_key_names_key_and_line() {
         let err = Config::parse("[cache]\ndir = \"/x\"\nmax_sise = \"1GiB\"\n").unwrap_err();
