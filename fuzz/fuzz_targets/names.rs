@@ -1,8 +1,10 @@
 //! Arbitrary strings into the name checks that stand between a client-supplied model name or
 //! digest and a path in the cache directory. Whatever they accept must be safe to join onto a
-//! path: no component holds `/`, `\`, NUL, `..` or starts with `.`, a manifest path is always
-//! exactly `<root>/manifests/<host>/<ns>/<model>/<tag>`, and a digest is always `sha256:` and
-//! 64 lowercase hex digits. Accepted names also print back to a string that parses to them.
+//! path: no component holds `/`, `\`, NUL, is `..` or starts with `.` (hosts, namespaces and
+//! models hold no `..` at all; a tag may, as in `v1..2`, which the OCI grammar allows and which
+//! is one plain name), a manifest path is always exactly
+//! `<root>/manifests/<host>/<ns>/<model>/<tag>`, and a digest is always `sha256:` and 64
+//! lowercase hex digits. Accepted names also print back to a string that parses to them.
 
 #![no_main]
 
@@ -11,12 +13,19 @@ use lancached::store::{Digest, Layout, ModelRef};
 use libfuzzer_sys::fuzz_target;
 use std::path::{Component, Path};
 
-fn safe_component(what: &str, c: &str) {
+/// What makes a string safe as one path component: not empty, no separator or NUL, and not
+/// `.`/`..` nor hidden (no leading dot). Inner `..` (tag `v1..2`) is harmless in one component
+/// and allowed by the OCI tag grammar, so only `strict` components must not contain it at all.
+fn safe_component(what: &str, c: &str, strict: bool) {
     assert!(!c.is_empty(), "{what} accepted empty");
-    for bad in ["/", "\\", "\0", ".."] {
+    for bad in ["/", "\\", "\0"] {
         assert!(!c.contains(bad), "{what} {c:?} contains {bad:?}");
     }
     assert!(!c.starts_with('.'), "{what} {c:?} starts with a dot");
+    assert!(c != "." && c != "..", "{what} {c:?} is a dot component");
+    if strict {
+        assert!(!c.contains(".."), "{what} {c:?} contains \"..\"");
+    }
 }
 
 fuzz_target!(|data: &[u8]| {
@@ -25,10 +34,10 @@ fuzz_target!(|data: &[u8]| {
     };
 
     if let Ok(m) = ModelRef::parse(s) {
-        safe_component("host", &m.host);
-        safe_component("namespace", &m.namespace);
-        safe_component("model", &m.model);
-        safe_component("tag", &m.tag);
+        safe_component("host", &m.host, true);
+        safe_component("namespace", &m.namespace, true);
+        safe_component("model", &m.model, true);
+        safe_component("tag", &m.tag, false);
         let path = Layout::new("/cache").manifest_path(&m);
         let below = path
             .strip_prefix("/cache/manifests/")
@@ -66,14 +75,14 @@ fuzz_target!(|data: &[u8]| {
     }
 
     if valid_tag(s) {
-        safe_component("tag", s);
+        safe_component("tag", s, false);
         assert!(s.len() <= 128);
     }
     if valid_path_component(s) {
-        safe_component("path component", s);
+        safe_component("path component", s, true);
         assert!(s.len() <= 128);
     }
     if valid_host(s) {
-        safe_component("host", s);
+        safe_component("host", s, true);
     }
 });
