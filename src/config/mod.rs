@@ -294,7 +294,14 @@ impl<'de> Deserialize<'de> for NamePattern {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let s = String::deserialize(d)?.to_ascii_lowercase();
         let s = s.strip_suffix('.').unwrap_or(&s).to_string();
-        validate_host_name(s.strip_prefix("*.").unwrap_or(&s))
+        // `valid_dns_name` allows one trailing dot, already stripped here: a second one
+        // ("hf.co..") would be kept and the pattern would never match any name.
+        let check = if s.ends_with('.') {
+            Err(format!("{:?} is not a valid host name", format!("{s}.")))
+        } else {
+            validate_host_name(s.strip_prefix("*.").unwrap_or(&s))
+        };
+        check
             .map_err(|e| de::Error::custom(format!("{e} (write an exact name or \"*.suffix\")")))?;
         Ok(NamePattern(s))
     }
@@ -479,6 +486,37 @@ mod tests {
             "the shipped file documents the defaults"
         );
         Config::parse(QUICKSTART_TOML).unwrap();
+    }
+
+    /// Found by the `config_parse` fuzz target: sizes serialised rounded (`5020GiB` as
+    /// `4.9 TiB`), so a written-out configuration read back as a different one.
+    #[test]
+    fn serialised_config_parses_to_the_same_config() {
+        for text in [
+            PACKAGED_TOML,
+            QUICKSTART_TOML,
+            "[cache]\nmax_size = \"5020GiB\"\nmin_free = 1234567\nslice_size = \"33MB\"\n",
+        ] {
+            let config = Config::parse(text).unwrap();
+            let again = toml::to_string(&config).unwrap();
+            assert_eq!(Config::parse(&again).unwrap(), config, "{again}");
+        }
+    }
+
+    /// Found by the `config_parse` fuzz target: `"hf.co.."` was accepted as the pattern
+    /// `hf.co.`, which matches no name (and re-serialised as a different pattern).
+    #[test]
+    fn intercept_pattern_with_two_trailing_dots_is_refused() {
+        let err = Config::parse("[dns]\nintercept = [\"hf.co..\"]\n").unwrap_err();
+        assert!(err.contains("hf.co.."), "{err}");
+        let ok = Config::parse("[dns]\nintercept = [\"HF.co.\", \"*.wild.test.\"]\n").unwrap();
+        assert_eq!(
+            ok.dns.intercept,
+            vec![
+                NamePattern("hf.co".into()),
+                NamePattern("*.wild.test".into())
+            ]
+        );
     }
 
     #[test]

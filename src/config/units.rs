@@ -101,9 +101,25 @@ impl<'de> Deserialize<'de> for ByteSize {
     }
 }
 
+impl ByteSize {
+    /// The exact form written back into TOML: the largest IEC unit the size is a whole multiple
+    /// of (`5020GiB`), else plain bytes. `Display` rounds (`4.9 TiB`), which would silently
+    /// change the size when a serialised configuration is read again.
+    pub fn exact(&self) -> String {
+        const UNITS: [&str; 6] = ["EiB", "PiB", "TiB", "GiB", "MiB", "KiB"];
+        for (i, unit) in UNITS.iter().enumerate() {
+            let shift = 10 * (UNITS.len() - i) as u32;
+            if self.0 != 0 && self.0.trailing_zeros() >= shift {
+                return format!("{}{unit}", self.0 >> shift);
+            }
+        }
+        format!("{}B", self.0)
+    }
+}
+
 impl Serialize for ByteSize {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.collect_str(self)
+        s.serialize_str(&self.exact())
     }
 }
 
@@ -127,6 +143,28 @@ mod tests {
         );
         assert!("ten minutes".parse::<HumanDuration>().is_err());
         assert!("-5m".parse::<HumanDuration>().is_err());
+    }
+
+    /// Found by the `config_parse` fuzz target: `max_size = "5020GiB"` serialised as
+    /// `"4.9 TiB"` and so read back as a different size.
+    #[test]
+    fn sizes_serialise_exactly() {
+        for n in [
+            0,
+            1,
+            1023,
+            1024,
+            5020 << 30,
+            (5020 << 30) + 1,
+            10_000_000_000,
+            u64::MAX,
+            1 << 63,
+        ] {
+            let text = ByteSize(n).exact();
+            assert_eq!(text.parse::<ByteSize>().unwrap(), ByteSize(n), "{text}");
+        }
+        assert_eq!(ByteSize::gib(5020).exact(), "5020GiB");
+        assert_eq!(ByteSize(1536).exact(), "1536B");
     }
 
     #[test]

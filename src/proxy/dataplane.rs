@@ -323,7 +323,9 @@ pub fn plan_for(headers: &HeaderMap, size: u64, etag: &str) -> Plan {
     if first >= size {
         return Plan::Unsatisfiable;
     }
-    let end = last.map_or(size, |l| (l + 1).min(size));
+    // `last` may be u64::MAX: `l + 1` would overflow (a panic in debug, a wrap to 0 and so an
+    // inverted part in release).
+    let end = last.map_or(size, |l| l.saturating_add(1).min(size));
     Plan::Part(first, end)
 }
 
@@ -492,6 +494,24 @@ mod tests {
             h.insert(header::IF_NONE_MATCH, r.parse().unwrap());
         }
         plan_for(&h, size, "\"e\"")
+    }
+
+    /// Found by the `range_header` fuzz target: a last byte of u64::MAX overflowed `last + 1`.
+    #[test]
+    fn last_byte_at_u64_max_is_clamped_to_the_blob() {
+        let max = u64::MAX.to_string();
+        assert_eq!(
+            p(Some(&format!("bytes=3-{max}")), None, None, 10),
+            Plan::Part(3, 10)
+        );
+        assert_eq!(
+            p(Some(&format!("bytes=0-{max}")), None, None, u64::MAX),
+            Plan::Part(0, u64::MAX)
+        );
+        assert_eq!(
+            p(Some(&format!("bytes={max}-{max}")), None, None, u64::MAX),
+            Plan::Unsatisfiable
+        );
     }
 
     #[test]
