@@ -11,7 +11,6 @@
 //! everything else proxied to the daemon with the client's Host).
 
 use crate::util::models::{prepared_dir, write_model, TestModel};
-use crate::util::nginx::NginxFront;
 use crate::util::ollama::Ollama;
 use crate::util::{require_program, Daemon};
 use std::path::Path;
@@ -38,16 +37,14 @@ fn daemon_with_models() -> (Daemon, Vec<TestModel>) {
     (Daemon::builder().dir(tmp).start(), want)
 }
 
-/// The base URL clients use, with a working `/blobs/...` (probed with a blob the cache has).
-fn front(d: &Daemon, known: &TestModel) -> (String, Option<NginxFront>) {
+/// The base URL clients use. The scripts fetch blobs from the daemon's own data plane, so it
+/// must serve a blob the cache has, whole.
+fn front(d: &Daemon, known: &TestModel) -> String {
     let (digest, size) = &known.blobs[0];
     let probe = crate::util::models::raw_get(d.http.unwrap(), &format!("/blobs/{digest}"), "");
-    if probe.0 == 200 && probe.2.len() as u64 == *size {
-        return (d.http_url(""), None);
-    }
-    assert!(require_program("nginx"));
-    let n = NginxFront::start(&d.cache_dir, d.http.unwrap());
-    (format!("http://{}", n.addr), Some(n))
+    assert_eq!(probe.0, 200, "the data plane serves /blobs/{digest}");
+    assert_eq!(probe.2.len() as u64, *size);
+    d.http_url("")
 }
 
 fn sh(cmd: &str, models_dir: &Path) -> Output {
@@ -89,7 +86,7 @@ fn install_sh_sideloads_into_real_ollama() {
         return;
     }
     let (d, want) = daemon_with_models();
-    let (url, _nginx) = front(&d, &want[0]);
+    let url = front(&d, &want[0]);
     let target = tempfile::tempdir().unwrap();
     let dir = target.path().join("models");
 
@@ -153,7 +150,7 @@ fn install_sh_sideloads_into_real_ollama() {
 #[test]
 fn install_sh_errors_and_listing() {
     let (d, want) = daemon_with_models();
-    let (url, _nginx) = front(&d, &want[0]);
+    let url = front(&d, &want[0]);
     let target = tempfile::tempdir().unwrap();
     let dir = target.path().join("models");
     let script = format!("curl -fsSL {url}/install.sh | sh -s --");

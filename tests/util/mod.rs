@@ -5,7 +5,6 @@
 pub mod daemon;
 pub mod models;
 pub mod netns;
-pub mod nginx;
 pub mod ollama;
 pub mod tls_upstream;
 pub mod upstream;
