@@ -264,7 +264,13 @@ async fn fetch_manifest(
             .join("manifests")
             .join(d.file_name()),
     };
-    let cached = read_cached(&path);
+    // A path leading out of the cache through a planted symlink is neither read as a cached
+    // manifest nor written through (below): the client gets upstream's answer, uncached.
+    let contained = match target {
+        Target::Tag(_) => state.layout.manifest_path_contained(&path),
+        Target::Digest(_) => true,
+    };
+    let cached = if contained { read_cached(&path) } else { None };
     if let Some((bytes, confirmed)) = &cached {
         let fresh = matches!(target, Target::Digest(_))
             || confirmed
@@ -349,7 +355,14 @@ async fn fetch_manifest(
                     if cached.is_some() {
                         CacheCounters::bump(&counters.manifest_revalidations);
                     }
-                    match store(state, &path, &bytes) {
+                    let stored = if contained {
+                        store(state, &path, &bytes)
+                    } else {
+                        Err(std::io::Error::other(
+                            "a directory on its path is a symlink out of the cache",
+                        ))
+                    };
+                    match stored {
                         Ok(()) => {
                             // Written from upstream: the daemon's own, so it may be evicted.
                             if let Target::Tag(m) = target {

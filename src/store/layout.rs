@@ -62,12 +62,47 @@ impl Layout {
         Ok(())
     }
 
+    /// Whether `path` (a manifest path built by [`Layout::manifest_path`]) stays inside
+    /// `manifests/` on disk: no existing directory on the way down from `manifests/` is a
+    /// symlink. A link planted in the cache must not make the daemon read a file outside it as a
+    /// cached manifest, nor write one through it. Components that do not exist yet are fine
+    /// (they will be created as real directories).
+    pub fn manifest_path_contained(&self, path: &Path) -> bool {
+        let top = self.manifests_dir();
+        let Ok(rest) = path.strip_prefix(&top) else {
+            return false;
+        };
+        let mut at = top;
+        let parts: Vec<_> = rest.components().collect();
+        for c in &parts[..parts.len().saturating_sub(1)] {
+            at.push(c);
+            match std::fs::symlink_metadata(&at) {
+                Ok(m) if m.is_dir() => {}
+                Ok(_) => return false,
+                Err(_) => return true,
+            }
+        }
+        true
+    }
+
     /// Every manifest in the directory, as (model, path). Walks exactly four levels like Ollama
     /// and skips anything whose components are not valid names (so a planted `..` or symlink
     /// name never turns into a model).
     pub fn list_manifests(&self) -> Vec<(ModelRef, PathBuf)> {
         let mut out = Vec::new();
+        // Real directories only: `DirEntry::file_type` does not follow symlinks, so a host,
+        // namespace or model directory that is a link out of the cache is never walked (prune
+        // and eviction would otherwise delete files wherever it points).
         let dirs = |p: &Path| -> Vec<(String, PathBuf)> {
+            std::fs::read_dir(p)
+                .into_iter()
+                .flatten()
+                .flatten()
+                .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+                .filter_map(|e| Some((e.file_name().into_string().ok()?, e.path())))
+                .collect()
+        };
+        let files = |p: &Path| -> Vec<(String, PathBuf)> {
             std::fs::read_dir(p)
                 .into_iter()
                 .flatten()
@@ -78,7 +113,7 @@ impl Layout {
         for (host, hp) in dirs(&self.manifests_dir()) {
             for (ns, np) in dirs(&hp) {
                 for (model, mp) in dirs(&np) {
-                    for (tag, tp) in dirs(&mp) {
+                    for (tag, tp) in files(&mp) {
                         // Not following symlinks: a link planted in the cache must not make us
                         // read (or serve) a file outside it.
                         let Ok(meta) = std::fs::symlink_metadata(&tp) else {
