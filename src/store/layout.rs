@@ -165,4 +165,23 @@ mod tests {
         std::os::unix::fs::symlink("/etc/passwd", &link).unwrap();
         assert_eq!(l.list_manifests(), vec![(m, p)]);
     }
+
+    #[test]
+    fn symlinked_directories_lead_nowhere() {
+        let tmp = tempfile::tempdir().unwrap();
+        let l = Layout::new(tmp.path().join("cache"));
+        l.create().unwrap();
+        let outside = tmp.path().join("outside");
+        std::fs::create_dir_all(outside.join("m")).unwrap();
+        std::fs::write(outside.join("m/latest"), b"{}").unwrap();
+        let reg = l.manifests_dir().join("registry.ollama.ai");
+        std::fs::create_dir_all(&reg).unwrap();
+        std::os::unix::fs::symlink(&outside, reg.join("linked")).unwrap();
+        assert!(l.list_manifests().is_empty());
+        let through = l.manifest_path(&ModelRef::parse("linked/m:latest").unwrap());
+        assert!(!l.manifest_path_contained(&through));
+        let fresh = l.manifest_path(&ModelRef::parse("other/m:latest").unwrap());
+        assert!(l.manifest_path_contained(&fresh), "not yet created is fine");
+        assert!(!l.manifest_path_contained(Path::new("/etc/passwd")));
+    }
 }
