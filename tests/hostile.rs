@@ -368,6 +368,11 @@ fn overlong_names_are_400_naming_the_part() {
             "tag",
         ),
         (
+            format!("/v2/library/m/manifests/{a10k}"),
+            "TAG_INVALID",
+            "tag",
+        ),
+        (
             format!("/v2/library/{a10k}/manifests/latest"),
             "NAME_INVALID",
             "model",

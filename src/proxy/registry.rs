@@ -99,10 +99,17 @@ pub async fn handle(req: Request<Incoming>, peer: Peer, state: &Arc<State>) -> R
                     Err(e) => return error(StatusCode::BAD_REQUEST, "TAG_INVALID", &e.message),
                 }
             } else {
+                // Quoted short: the error names the tag, it does not echo 60 KiB back.
+                let shown: String = reference.chars().take(80).collect();
+                let more = if shown.len() < reference.len() {
+                    "…"
+                } else {
+                    ""
+                };
                 return error(
                     StatusCode::BAD_REQUEST,
                     "TAG_INVALID",
-                    &format!("invalid tag {reference:?}"),
+                    &format!("invalid tag {shown:?}{more}: at most 128 of [A-Za-z0-9_.-], not starting with . or -"),
                 );
             };
             let url = match manifest_url(&base, &name, reference) {
