@@ -31,7 +31,8 @@
 //! - Symlinks planted in the cache (a host, namespace or model directory, a manifest, a blob,
 //!   `.lancached/partial`) are not followed out of it by the registry routes (read or write),
 //!   the data plane, the distribution endpoints, `/api/models`, `lancachectl models`, prune or
-//!   eviction; pruning a symlinked blob removes the link, never its target.
+//!   eviction; pruning a symlinked blob removes the link, never its target. A daemon whose own
+//!   area (`.lancached`, `.lancached/partial`) is a link refuses to start, naming it.
 //!
 //! Also covered elsewhere: `distribution::path_tricks_are_refused` (a first set of path tricks
 //! and planted symlinks on `/manifests/` and `/models/`), `proxy::manifest_errors_revalidation_and_offline`
@@ -1096,6 +1097,14 @@ struct Planted {
     leaky: TestModel,
 }
 
+/// Replaces the running daemon's `.lancached/partial` with a link out of the cache (a daemon
+/// refuses to start with one: `daemon_refuses_a_symlinked_state_dir`).
+fn link_partial(d: &Daemon, outside: &Path) {
+    let partial = d.cache_dir.join(".lancached/partial");
+    std::fs::remove_dir_all(&partial).unwrap();
+    symlink(&outside.join("partial"), &partial);
+}
+
 fn plant() -> Planted {
     let mut evil = None;
     let mut leaky = None;
@@ -1125,7 +1134,7 @@ fn plant() -> Planted {
         std::fs::rename(&blob, outside.join("leaky-blob")).unwrap();
         symlink(&outside.join("leaky-blob"), &blob);
         leaky = Some(m);
-        // The daemon's fills-in-progress directory leading out, holding an old "fill".
+        // What a link from the fills-in-progress directory would lead to: an old "fill".
         std::fs::create_dir_all(outside.join("partial")).unwrap();
         let stale = outside.join(format!("partial/sha256-{}.data", "1".repeat(64)));
         std::fs::write(&stale, CANARY).unwrap();
@@ -1136,7 +1145,6 @@ fn plant() -> Planted {
             .unwrap()
             .set_modified(old)
             .unwrap();
-        symlink(&outside.join("partial"), &c.join(".lancached/partial"));
     });
     let outside = tmp.path().join("outside");
     Planted {
@@ -1158,6 +1166,7 @@ fn planted_symlinks_are_not_followed_out_of_the_cache() {
         .dir(p.tmp)
         .config(&registry_config(&up, ""))
         .start();
+    link_partial(&d, &outside);
     let addr = d.http.unwrap();
     let data = addr.to_string();
     let leaks = |r: &Raw| r.body == p.evil.manifest || r.text().contains(CANARY);
@@ -1221,6 +1230,7 @@ fn planted_symlinks_are_not_followed_out_of_the_cache() {
     assert!(!out.status.success(), "pruned a model outside the cache");
     let r = d.ctl_json(&["prune", "--max-size", "0", "--include-local"]);
     assert!(r.to_string().contains("qwen2.5"), "{r}");
+    assert_eq!(r["partial_fills_removed"], 0, "{r}");
     assert!(!d
         .cache_dir
         .join("manifests/registry.ollama.ai/library/qwen2.5/1.5b")
@@ -1243,8 +1253,12 @@ fn eviction_does_not_follow_symlinks() {
     let before = tree(&outside);
     let d = Daemon::builder()
         .dir(p.tmp)
-        .config("[cache]\nmax_size = \"1KiB\"\nevict_local = true\n[upstream]\nresolvers = []\n")
+        .config("[upstream]\nresolvers = []\n")
         .start();
+    link_partial(&d, &outside);
+    // Lower the limit under everything: the reload runs an eviction pass at once.
+    d.write_config("[cache]\nmax_size = \"1KiB\"\nevict_local = true\n");
+    assert_eq!(d.ctl_json(&["reload"])["response"], "reloaded");
     let qwen = d
         .cache_dir
         .join("manifests/registry.ollama.ai/library/qwen2.5/1.5b");
@@ -1266,4 +1280,31 @@ fn eviction_does_not_follow_symlinks() {
         changed.is_empty(),
         "eviction, outside the cache: {changed:#?}"
     );
+}
+
+#[test]
+fn daemon_refuses_a_symlinked_state_dir() {
+    for link in [".lancached", ".lancached/partial"] {
+        let tmp = prepared_dir(|c| {
+            let outside = c.parent().unwrap().join("outside");
+            std::fs::create_dir_all(outside.join("partial")).unwrap();
+            symlink(&outside, &c.join(link));
+        });
+        let outside = tmp.path().join("outside");
+        let mut d = Daemon::builder().dir(tmp).spawn();
+        let status = d
+            .wait_exit(Duration::from_secs(10))
+            .expect("lancached exits");
+        assert!(!status.success());
+        let want = format!("{link} is a symlink");
+        let t = Instant::now();
+        while !d.stderr().contains(&want) && t.elapsed() < Duration::from_secs(3) {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let err = d.stderr();
+        assert!(err.contains(&want), "{link}: {err}");
+        // Nothing was created through the link.
+        let inside = tree(&outside);
+        assert!(inside.is_empty(), "{inside:?}");
+    }
 }

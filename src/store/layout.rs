@@ -54,8 +54,18 @@ impl Layout {
             .join(&m.tag)
     }
 
-    /// Creates the directories the daemon writes into.
+    /// Creates the directories the daemon writes into. The daemon's own area must be real
+    /// directories: a `.lancached` or `.lancached/partial` that is a symlink would have fills
+    /// written (and stale ones deleted) wherever it points, so it stops the start instead.
     pub fn create(&self) -> std::io::Result<()> {
+        for d in [self.state_dir(), self.partial_dir()] {
+            if std::fs::symlink_metadata(&d).is_ok_and(|m| m.file_type().is_symlink()) {
+                return Err(std::io::Error::other(format!(
+                    "{} is a symlink; lancached keeps its own state in a real directory inside the cache (replace the link with a directory)",
+                    d.display()
+                )));
+            }
+        }
         for d in [self.blobs_dir(), self.manifests_dir(), self.partial_dir()] {
             std::fs::create_dir_all(d)?;
         }
@@ -183,5 +193,10 @@ mod tests {
         let fresh = l.manifest_path(&ModelRef::parse("other/m:latest").unwrap());
         assert!(l.manifest_path_contained(&fresh), "not yet created is fine");
         assert!(!l.manifest_path_contained(Path::new("/etc/passwd")));
+        // The daemon's own area may not be a link.
+        std::fs::remove_dir(l.partial_dir()).unwrap();
+        std::os::unix::fs::symlink(&outside, l.partial_dir()).unwrap();
+        let err = l.create().unwrap_err().to_string();
+        assert!(err.contains("partial is a symlink"), "{err}");
     }
 }
