@@ -10,6 +10,7 @@ mod control;
 mod distribution;
 mod dns;
 mod harness;
+mod hostile;
 mod lifecycle;
 mod lifecycle_cache;
 mod metrics;

@@ -99,10 +99,17 @@ pub async fn handle(req: Request<Incoming>, peer: Peer, state: &Arc<State>) -> R
                     Err(e) => return error(StatusCode::BAD_REQUEST, "TAG_INVALID", &e.message),
                 }
             } else {
+                // Quoted short: the error names the tag, it does not echo 60 KiB back.
+                let shown: String = reference.chars().take(80).collect();
+                let more = if shown.len() < reference.len() {
+                    "…"
+                } else {
+                    ""
+                };
                 return error(
                     StatusCode::BAD_REQUEST,
                     "TAG_INVALID",
-                    &format!("invalid tag {reference:?}"),
+                    &format!("invalid tag {shown:?}{more}: at most 128 of [A-Za-z0-9_.-], not starting with . or -"),
                 );
             };
             let url = match manifest_url(&base, &name, reference) {
@@ -264,7 +271,13 @@ async fn fetch_manifest(
             .join("manifests")
             .join(d.file_name()),
     };
-    let cached = read_cached(&path);
+    // A path leading out of the cache through a planted symlink is neither read as a cached
+    // manifest nor written through (below): the client gets upstream's answer, uncached.
+    let contained = match target {
+        Target::Tag(_) => state.layout.manifest_path_contained(&path),
+        Target::Digest(_) => true,
+    };
+    let cached = if contained { read_cached(&path) } else { None };
     if let Some((bytes, confirmed)) = &cached {
         let fresh = matches!(target, Target::Digest(_))
             || confirmed
@@ -349,7 +362,14 @@ async fn fetch_manifest(
                     if cached.is_some() {
                         CacheCounters::bump(&counters.manifest_revalidations);
                     }
-                    match store(state, &path, &bytes) {
+                    let stored = if contained {
+                        store(state, &path, &bytes)
+                    } else {
+                        Err(std::io::Error::other(
+                            "a directory on its path is a symlink out of the cache",
+                        ))
+                    };
+                    match stored {
                         Ok(()) => {
                             // Written from upstream: the daemon's own, so it may be evicted.
                             if let Target::Tag(m) = target {

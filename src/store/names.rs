@@ -274,16 +274,16 @@ impl ModelRef {
 
     fn validate(&self) -> Result<(), String> {
         if !valid_host(&self.host) {
-            return Err(format!("bad host {:?}", self.host));
+            return Err(format!("bad host {:?}", truncate(&self.host)));
         }
         if !valid_path_component(&self.namespace) {
-            return Err(format!("bad namespace {:?}", self.namespace));
+            return Err(format!("bad namespace {:?}", truncate(&self.namespace)));
         }
         if !valid_path_component(&self.model) {
-            return Err(format!("bad model {:?}", self.model));
+            return Err(format!("bad model {:?}", truncate(&self.model)));
         }
         if !valid_tag(&self.tag) {
-            return Err(format!("bad tag {:?}", self.tag));
+            return Err(format!("bad tag {:?}", truncate(&self.tag)));
         }
         Ok(())
     }

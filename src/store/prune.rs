@@ -140,6 +140,16 @@ struct Partial {
 
 fn partials(layout: &Layout) -> Vec<Partial> {
     let mut groups: BTreeMap<String, Partial> = BTreeMap::new();
+    // A `.lancached` or `partial` that is a symlink leads out of the cache: nothing found
+    // through it is ours to delete.
+    let real_dir = |p: &Path| std::fs::symlink_metadata(p).is_ok_and(|m| m.is_dir());
+    if !real_dir(&layout.state_dir()) || !real_dir(&layout.partial_dir()) {
+        tracing::warn!(
+            "{} is not a real directory inside the cache (a symlink?): stale fills there are left alone",
+            layout.partial_dir().display()
+        );
+        return vec![];
+    }
     for e in std::fs::read_dir(layout.partial_dir())
         .into_iter()
         .flatten()
