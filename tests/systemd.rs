@@ -504,7 +504,12 @@ fn runs_under_systemd_socket_activate_like_the_units() {
         String::from_utf8_lossy(&reload.stderr),
         log()
     );
-    assert!(notes.count("RELOADING=1") >= 1, "{:?}", notes.all());
+    // The reply can overtake the reader thread that collects the notifications: wait, not count.
+    assert!(
+        notes.wait("RELOADING=1", 1, Duration::from_secs(5)),
+        "{:?}",
+        notes.all()
+    );
     assert!(notes.wait("READY=1", 2, Duration::from_secs(5)));
 
     // A broken file makes ExecReload fail (systemctl reload reports it) and changes nothing.
