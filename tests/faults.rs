@@ -241,7 +241,7 @@ struct Tally {
 #[test]
 fn truncation_and_corruption_at_random_offsets() {
     const RUNS: u64 = 100;
-    const WORKERS: usize = 8;
+    const WORKERS: usize = 12;
     let seed = seed();
     let t0 = Instant::now();
     let up = Arc::new(FakeUpstream::start());
@@ -1111,6 +1111,71 @@ fn disk_full_during_a_fill() {
     wait_for("big published", Duration::from_secs(10), || {
         blob_file(&d.cache_dir, &big_dg).exists()
     });
+
+    // 3. Two fills that each fit but not together (a fill in flight reserves no space): ENOSPC
+    //    midway with no other writer. One at least fails cleanly; what succeeds verifies.
+    let free_now = fs.free();
+    assert!(free_now > 6 << 20 && free_now < 12 << 20, "{free_now} free");
+    let twins: Vec<(String, Vec<u8>)> = (0..2u64)
+        .map(|i| {
+            let layer = blob_bytes(6 * MIB, 64 + i);
+            let repo = format!("library/twin{i}");
+            up.add_model(&repo, "latest", &[&layer[..]]);
+            up.blob_faults(
+                &digest(&layer),
+                Some(Faults {
+                    throttle: 3 << 20,
+                    ..Default::default()
+                }),
+            );
+            assert_eq!(
+                registry_get(&d, &format!("/v2/{repo}/manifests/latest")).status,
+                200
+            );
+            (repo, layer)
+        })
+        .collect();
+    let clients: Vec<_> = twins
+        .iter()
+        .map(|(repo, layer)| {
+            let path = data_plane_path(&d, repo, &digest(layer)).unwrap();
+            let layer = layer.clone();
+            std::thread::spawn(move || {
+                let r = get(addr, "GET", &path, &[]);
+                assert!(r.body.len() <= layer.len() && r.body == layer[..r.body.len()]);
+                (path, r.complete)
+            })
+        })
+        .collect();
+    let outcomes: Vec<(String, bool)> = clients.into_iter().map(|c| c.join().unwrap()).collect();
+    let failed = outcomes.iter().filter(|(_, ok)| !ok).count();
+    assert!(failed >= 1, "two fills bigger than the disk both completed");
+    for (_, layer) in &twins {
+        let dg = digest(layer);
+        wait_for("the twin fills to end", Duration::from_secs(20), || {
+            !filling(&d, &dg)
+        });
+        up.blob_faults(&dg, None);
+    }
+    assert!(bad_blobs(&d.cache_dir).is_empty());
+    let leftover: Vec<_> = std::fs::read_dir(d.cache_dir.join(".lancached/partial"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name())
+        .collect();
+    assert!(leftover.is_empty(), "partial files left: {leftover:?}");
+    // The failed one again: eviction of the least recently used model makes room.
+    for ((path, ok), (_, layer)) in outcomes.iter().zip(&twins) {
+        if !ok {
+            let r = get(addr, "GET", path, &[]);
+            assert!(r.complete && r.body == *layer, "twin retry: {}", r.status);
+        }
+    }
+    assert!(bad_blobs(&d.cache_dir).is_empty());
+    eprintln!(
+        "faults: two concurrent 6 MiB fills with {} MiB free: {failed} failed with ENOSPC, retried after eviction and verified",
+        free_now >> 20
+    );
     stop.store(true, Ordering::SeqCst);
     hitter.join().unwrap();
     assert!(
