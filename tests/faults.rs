@@ -243,6 +243,7 @@ fn truncation_and_corruption_at_random_offsets() {
     const RUNS: u64 = 100;
     const WORKERS: usize = 12;
     let seed = seed();
+    let base = seed;
     let t0 = Instant::now();
     let up = Arc::new(FakeUpstream::start());
     let d = Arc::new(daemon(&up.url(), "10m", "fill_connections = 4\n", None));
@@ -314,7 +315,7 @@ fn truncation_and_corruption_at_random_offsets() {
                     repo,
                 } = run;
                 let ctx = format!(
-                    "seed={seed:#x} run={i} {kind:?} at offset {offset} of {} (limit {limit:?})",
+                    "LANCACHE_FAULT_SEED={base:#x} run={i} {kind:?} at offset {offset} of {} (limit {limit:?})",
                     layer.len()
                 );
                 let size = layer.len() as u64;
@@ -460,14 +461,14 @@ fn truncation_and_corruption_at_random_offsets() {
     let bad = bad_blobs(&d.cache_dir);
     assert!(
         bad.is_empty(),
-        "seed={seed:#x}: unverified files in blobs/: {bad:?}"
+        "LANCACHE_FAULT_SEED={base:#x}: unverified files in blobs/: {bad:?}"
     );
     let t = tally.lock().unwrap();
     assert_eq!(t.runs, RUNS);
     assert_eq!(t.recovered, RUNS);
     let stats = d.ctl_json(&["stats"]);
     eprintln!(
-        "faults: truncation/corruption seed={seed:#x}: {t:?}; daemon failures {}; {:.1}s",
+        "faults: truncation/corruption LANCACHE_FAULT_SEED={base:#x}: {t:?}; daemon failures {}; {:.1}s",
         stats["cache"]["failures"],
         t0.elapsed().as_secs_f64()
     );
@@ -489,7 +490,8 @@ fn landed(cache: &Path, dg: &str) -> Option<usize> {
 fn kill9_at_random_moments_of_a_fill() {
     const RUNS: u64 = 20;
     const CONNS: u64 = 2;
-    let seed = seed() ^ 0x6b69_6c6c;
+    let base = seed();
+    let seed = base ^ 0x6b69_6c6c;
     let t0 = Instant::now();
     let up = FakeUpstream::start();
     let cache = format!("fill_connections = {CONNS}\n");
@@ -520,7 +522,9 @@ fn kill9_at_random_moments_of_a_fill() {
         );
         let twice = rng.below(4) == 0;
         let delays = [rng.range(0, 450), rng.range(0, 250)];
-        let ctx = format!("seed={seed:#x} run={i} size={size} delays={delays:?} twice={twice}");
+        let ctx = format!(
+            "LANCACHE_FAULT_SEED={base:#x} run={i} size={size} delays={delays:?} twice={twice}"
+        );
 
         let mut d = daemon(&up.url(), "10m", &cache, dir.take());
         assert_eq!(
@@ -594,7 +598,7 @@ fn kill9_at_random_moments_of_a_fill() {
         "most kills should land mid-fill: {by_itself}"
     );
     eprintln!(
-        "faults: kill -9 seed={seed:#x}: {RUNS} runs, {kills} kills, resumed by itself {by_itself}, on the next request {on_request}, killed after publishing {after_publish}, upstream overhead {:.1}% of {} MiB; {:.1}s",
+        "faults: kill -9 LANCACHE_FAULT_SEED={base:#x}: {RUNS} runs, {kills} kills, resumed by itself {by_itself}, on the next request {on_request}, killed after publishing {after_publish}, upstream overhead {:.1}% of {} MiB; {:.1}s",
         overhead as f64 * 100.0 / total as f64,
         total >> 20,
         t0.elapsed().as_secs_f64()
@@ -702,7 +706,8 @@ fn upstream_down_cached_models_still_pull() {
 
 #[test]
 fn stalled_upstream_fails_waiters_cleanly_then_the_fill_retries() {
-    let seed = seed() ^ 0x7374_616c;
+    let base = seed();
+    let seed = base ^ 0x7374_616c;
     let mut rng = Rng::new(seed);
     let up = FakeUpstream::start();
     let size = 5 * MIB / 2;
@@ -710,7 +715,7 @@ fn stalled_upstream_fails_waiters_cleanly_then_the_fill_retries() {
     up.add_model("library/stall", "latest", &[&layer[..]]);
     let dg = digest(&layer);
     let offset = rng.range(1000, size as u64 - 1000);
-    let ctx = format!("seed={seed:#x} stall at {offset} of {size}");
+    let ctx = format!("LANCACHE_FAULT_SEED={base:#x} stall at {offset} of {size}");
     // Every response reaching the offset goes silent far longer than stall_timeout.
     up.blob_faults(
         &dg,
@@ -793,7 +798,8 @@ fn stalled_upstream_fails_waiters_cleanly_then_the_fill_retries() {
 #[test]
 fn transient_stalls_are_retried_and_slow_is_not_stalled() {
     const BLOBS: u64 = 6;
-    let seed = seed() ^ 0x736c_6f77;
+    let base = seed();
+    let seed = base ^ 0x736c_6f77;
     let up = Arc::new(FakeUpstream::start());
     let d = Arc::new(daemon(
         &up.url(),
@@ -822,7 +828,9 @@ fn transient_stalls_are_retried_and_slow_is_not_stalled() {
             }),
         );
         jobs.push((
-            format!("seed={seed:#x} blob {i}: {times} stall(s) at {offset} of {size}"),
+            format!(
+                "LANCACHE_FAULT_SEED={base:#x} blob {i}: {times} stall(s) at {offset} of {size}"
+            ),
             repo,
             dg,
             layer,
@@ -870,7 +878,7 @@ fn transient_stalls_are_retried_and_slow_is_not_stalled() {
     assert_eq!(s["cache"]["fills_failed"].as_u64().unwrap_or(0), 0, "{s}");
     assert!(bad_blobs(&d.cache_dir).is_empty());
     eprintln!(
-        "faults: transient stalls seed={seed:#x}: {BLOBS} blobs, {expected} stalls injected, {stalls} stalled attempts retried, 0 failed fills, slow blob not timed out; {:.1}s",
+        "faults: transient stalls LANCACHE_FAULT_SEED={base:#x}: {BLOBS} blobs, {expected} stalls injected, {stalls} stalled attempts retried, 0 failed fills, slow blob not timed out; {:.1}s",
         t.elapsed().as_secs_f64()
     );
 }
@@ -1300,7 +1308,8 @@ fn race_models(
 #[test]
 fn prune_racing_with_pulls() {
     const ROUNDS: u32 = 30;
-    let seed = seed() ^ 0x7072_756e;
+    let base = seed();
+    let seed = base ^ 0x7072_756e;
     let up = FakeUpstream::start();
     let models = race_models(&up, "p", 6, seed);
     let d = Arc::new(daemon(&up.url(), "10m", "fill_connections = 2\n", None));
@@ -1334,7 +1343,7 @@ fn prune_racing_with_pulls() {
                     );
                 }
                 let bad = bad_blobs(&d.cache_dir);
-                assert!(bad.is_empty(), "seed={seed:#x}: {bad:?}");
+                assert!(bad.is_empty(), "LANCACHE_FAULT_SEED={base:#x}: {bad:?}");
             }
         },
         seed,
@@ -1346,14 +1355,15 @@ fn prune_racing_with_pulls() {
     );
     assert!(bad_blobs(&d.cache_dir).is_empty());
     eprintln!(
-        "faults: prune race seed={seed:#x}: {ROUNDS} prunes removed {pruned} models; {responses} responses, {complete} complete, {errors} clean errors, 0 wrong bytes; {:.1}s",
+        "faults: prune race LANCACHE_FAULT_SEED={base:#x}: {ROUNDS} prunes removed {pruned} models; {responses} responses, {complete} complete, {errors} clean errors, 0 wrong bytes; {:.1}s",
         t.elapsed().as_secs_f64()
     );
 }
 
 #[test]
 fn eviction_racing_with_pulls() {
-    let seed = seed() ^ 0x6576_6963;
+    let base = seed();
+    let seed = base ^ 0x6576_6963;
     let up = FakeUpstream::start();
     let models = race_models(&up, "e", 5, seed);
     // Room for about two of the five: every cold fill evicts someone else.
@@ -1373,7 +1383,7 @@ fn eviction_racing_with_pulls() {
             while Instant::now() < deadline {
                 std::thread::sleep(Duration::from_millis(200));
                 let bad = bad_blobs(&d.cache_dir);
-                assert!(bad.is_empty(), "seed={seed:#x}: {bad:?}");
+                assert!(bad.is_empty(), "LANCACHE_FAULT_SEED={base:#x}: {bad:?}");
             }
         },
         seed,
@@ -1384,7 +1394,7 @@ fn eviction_racing_with_pulls() {
     assert!(complete > 20, "too few complete responses: {complete}");
     assert!(bad_blobs(&d.cache_dir).is_empty());
     eprintln!(
-        "faults: eviction race seed={seed:#x}: {evicted} models evicted; {responses} responses, {complete} complete, {errors} clean errors, 0 wrong bytes; {:.1}s",
+        "faults: eviction race LANCACHE_FAULT_SEED={base:#x}: {evicted} models evicted; {responses} responses, {complete} complete, {errors} clean errors, 0 wrong bytes; {:.1}s",
         t.elapsed().as_secs_f64()
     );
 }
