@@ -1250,7 +1250,7 @@ fn race(
                         }
                     };
                     let range = format!("bytes={a}-{}", b - 1);
-                    let r = get(addr_of(&d), "GET", &path, &[("Range", &range)]);
+                    let r = get(http(&d), "GET", &path, &[("Range", &range)]);
                     let want = &layer[a as usize..b as usize];
                     let mut n = counts.lock().unwrap();
                     n.0 += 1;
@@ -1283,10 +1283,6 @@ fn race(
     }
     let n = *counts.lock().unwrap();
     n
-}
-
-fn addr_of(d: &Daemon) -> SocketAddr {
-    http(d)
 }
 
 fn race_models(
