@@ -14,8 +14,9 @@
 //!   blob, byte-exact, ranged too; an uncached model fails quickly with an error.
 //! - A stalled upstream: waiters end with an aborted body within the bound the retries set (no
 //!   hang), the daemon says "no data from upstream", nothing is published; once it flows again
-//!   the fill resumes and refetches at most one slice. Transient stalls at random offsets are
-//!   retried; a slow but steady upstream is not mistaken for a stalled one.
+//!   the fill resumes and refetches at most one slice. Transient stalls at random offsets, and
+//!   an upstream that first sends not even a status line, are retried; a slow but steady
+//!   upstream is not mistaken for a stalled one.
 //! - Disk full, on a real size-limited tmpfs: a fill larger than the free space is refused with
 //!   507 naming the lack of room; a fill that meets ENOSPC midway aborts its clients, the log
 //!   names "No space left", hits on a cached blob are served byte-exact throughout, nothing
@@ -848,6 +849,25 @@ fn transient_stalls_are_retried_and_slow_is_not_stalled() {
         }),
     );
     jobs.push(("slow upstream".into(), "library/slow".into(), slow_dg, slow));
+    // And one whose CDN first says nothing at all, not even a status line.
+    let mute = blob_bytes(3 * MIB / 2, 52);
+    up.add_model("library/mute", "latest", &[&mute[..]]);
+    let mute_dg = digest(&mute);
+    up.blob_faults(
+        &mute_dg,
+        Some(Faults {
+            silent: Some(Duration::from_secs(10)),
+            limit: Some(1),
+            ..Default::default()
+        }),
+    );
+    expected += 1;
+    jobs.push((
+        "silent upstream".into(),
+        "library/mute".into(),
+        mute_dg,
+        mute,
+    ));
     let t = Instant::now();
     let handles: Vec<_> = jobs
         .into_iter()
@@ -878,7 +898,7 @@ fn transient_stalls_are_retried_and_slow_is_not_stalled() {
     assert_eq!(s["cache"]["fills_failed"].as_u64().unwrap_or(0), 0, "{s}");
     assert!(bad_blobs(&d.cache_dir).is_empty());
     eprintln!(
-        "faults: transient stalls LANCACHE_FAULT_SEED={base:#x}: {BLOBS} blobs, {expected} stalls injected, {stalls} stalled attempts retried, 0 failed fills, slow blob not timed out; {:.1}s",
+        "faults: transient stalls LANCACHE_FAULT_SEED={base:#x}: {BLOBS} blobs stalled at random offsets and 1 silent, {expected} stalls injected, {stalls} stalled attempts retried, 0 failed fills, slow blob not timed out; {:.1}s",
         t.elapsed().as_secs_f64()
     );
 }

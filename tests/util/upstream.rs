@@ -29,13 +29,16 @@ pub struct Faults {
     pub corrupt_at: Option<u64>,
     /// The first CDN response that reaches this offset stops sending for this long.
     pub stall_at: Option<(u64, Duration)>,
+    /// The CDN accepts the request and says nothing (not even the status line) for this long,
+    /// then closes.
+    pub silent: Option<Duration>,
     /// Every request (registry and CDN) answers this status.
     pub status: Option<u16>,
     /// Manifests answer 401 with a `WWW-Authenticate` challenge.
     pub unauthorized: bool,
-    /// When set, truncation, corruption and the stall each hit only the first `limit` CDN
-    /// responses whose range contains their offset (a transient fault); otherwise truncation and
-    /// corruption hit every response and the stall one.
+    /// When set, truncation, corruption, the stall and silence each hit only the first `limit`
+    /// CDN responses whose range contains their offset (a transient fault); otherwise
+    /// truncation, corruption and silence hit every response and the stall one.
     pub limit: Option<u32>,
 }
 
@@ -45,6 +48,7 @@ struct Armed {
     truncations: AtomicU32,
     corruptions: AtomicU32,
     stalls: AtomicU32,
+    silences: AtomicU32,
 }
 
 impl Armed {
@@ -54,6 +58,7 @@ impl Armed {
             truncations: AtomicU32::new(0),
             corruptions: AtomicU32::new(0),
             stalls: AtomicU32::new(0),
+            silences: AtomicU32::new(0),
         })
     }
 
@@ -473,6 +478,12 @@ fn serve_cdn(mut conn: TcpStream, s: &Shared, req: &Req, armed: Arc<Armed>) -> s
         }
         None => (200, 0, size - 1),
     };
+    if let Some(dur) = f.silent {
+        if armed.hits(&armed.silences, start, start, end, true) {
+            std::thread::sleep(dur);
+            return Ok(());
+        }
+    }
     let mut head = format!(
         "HTTP/1.1 {status} X\r\nConnection: close\r\nContent-Length: {}\r\nAccept-Ranges: bytes\r\n",
         end + 1 - start
@@ -746,6 +757,19 @@ mod tests {
             assert!(!r.complete && r.body == b[..50_000]);
             assert!(t.elapsed() >= Duration::from_millis(300));
         }
+        // Silence before the status line, once.
+        up.blob_faults(
+            &db,
+            Some(Faults {
+                silent: Some(Duration::from_millis(300)),
+                limit: Some(1),
+                ..Default::default()
+            }),
+        );
+        let t = std::time::Instant::now();
+        assert!(try_request(up.cdn, "GET", "cdn", &pb, &[]).is_err());
+        assert!(t.elapsed() >= Duration::from_millis(300));
+        assert!(raw_get(up.cdn, "cdn", &pb, &[]).complete);
         up.blob_faults(&db, None);
         assert!(raw_get(up.cdn, "cdn", &pb, &[]).complete);
         // A per-blob status.
