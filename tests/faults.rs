@@ -242,7 +242,7 @@ struct Tally {
 #[test]
 fn truncation_and_corruption_at_random_offsets() {
     const RUNS: u64 = 100;
-    const WORKERS: usize = 12;
+    const WORKERS: usize = 16;
     let seed = seed();
     let base = seed;
     let t0 = Instant::now();
@@ -261,7 +261,7 @@ fn truncation_and_corruption_at_random_offsets() {
     let runs: Vec<Run> = (0..RUNS)
         .map(|i| {
             let mut rng = Rng::new(seed ^ (i + 1).wrapping_mul(0xA24B_AED4_963E_E407));
-            let size = rng.range(MIB as u64 + 1, 3 * MIB as u64) as usize;
+            let size = rng.range(MIB as u64 + 1, 5 * MIB as u64 / 2) as usize;
             let kind = if i % 2 == 0 {
                 Kind::Truncate
             } else {
@@ -513,16 +513,16 @@ fn kill9_at_random_moments_of_a_fill() {
         let repo = format!("library/k{i}");
         up.add_model(&repo, "latest", &[&layer[..]]);
         let dg = digest(&layer);
-        // 2 connections of 4 MiB/s: a fill lasts 0.25–0.5 s.
+        // 2 connections of 6 MiB/s: a fill lasts 0.17–0.33 s.
         up.blob_faults(
             &dg,
             Some(Faults {
-                throttle: 4 << 20,
+                throttle: 6 << 20,
                 ..Default::default()
             }),
         );
         let twice = rng.below(4) == 0;
-        let delays = [rng.range(0, 450), rng.range(0, 250)];
+        let delays = [rng.range(0, 300), rng.range(0, 200)];
         let ctx = format!(
             "LANCACHE_FAULT_SEED={base:#x} run={i} size={size} delays={delays:?} twice={twice}"
         );
