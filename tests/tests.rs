@@ -9,6 +9,7 @@ mod config;
 mod control;
 mod distribution;
 mod dns;
+mod faults;
 mod harness;
 mod hostile;
 mod lifecycle;

@@ -238,7 +238,9 @@ fn eviction_criteria(config: &Config, u: &Usage, incoming: u64) -> Option<Criter
     let max = config.cache.max_size.0;
     let min_free = config.cache.min_free.0;
     let over_size = u.bytes + incoming > max;
-    let low_free = u.free.saturating_sub(incoming) < min_free;
+    // Not `free - incoming`: saturating at 0, that let a blob bigger than the free space pass
+    // with `min_free = 0`, and the fill then met ENOSPC midway.
+    let low_free = u.free < incoming.saturating_add(min_free);
     if !over_size && !low_free {
         return None;
     }
@@ -296,6 +298,22 @@ pub async fn ensure_space(state: &Arc<State>, bytes: u64) -> Result<(), NoSpace>
         let Some(criteria) = eviction_criteria(&config, &u, bytes) else {
             return Ok(());
         };
+        // Evicting the whole cache would still leave too little free: refuse without evicting
+        // anything (found by tests/faults.rs: a blob bigger than the disk emptied the cache
+        // and was refused anyway).
+        let min_free = config.cache.min_free.0;
+        if u.free.saturating_add(u.bytes) < bytes.saturating_add(min_free) {
+            return Err(NoSpace {
+                needed: bytes,
+                message: format!(
+                    "no room for a fill of {}: the disk has {} free (cache.min_free {}) and even evicting all {} the cache holds would not make room",
+                    size(bytes),
+                    size(u.free),
+                    size(min_free),
+                    size(u.bytes)
+                ),
+            });
+        }
         if let Ok(report) = prune::prune(&store(&s), &criteria) {
             count_eviction(&s, &report);
             if !report.removed.is_empty() {
@@ -309,7 +327,7 @@ pub async fn ensure_space(state: &Arc<State>, bytes: u64) -> Result<(), NoSpace>
         }
         let after = refresh(&s);
         let fits = after.bytes + bytes <= config.cache.max_size.0
-            && after.free.saturating_sub(bytes) >= config.cache.min_free.0;
+            && after.free >= bytes.saturating_add(config.cache.min_free.0);
         if fits {
             return Ok(());
         }
@@ -412,6 +430,17 @@ mod tests {
         assert_eq!(crit.max_size, Some(900));
         assert_eq!(crit.free_bytes, Some(60));
         assert!(!crit.include_local);
+        // Found by tests/faults.rs: with min_free = 0 a blob bigger than the free space must
+        // still ask for room (it used to pass, `free - incoming` saturating at 0).
+        c.cache.min_free = crate::config::ByteSize(0);
+        let u = Usage {
+            bytes: 0,
+            free: 100,
+            ..Default::default()
+        };
+        assert!(eviction_criteria(&c, &u, 100).is_none());
+        let crit = eviction_criteria(&c, &u, 101).unwrap();
+        assert_eq!(crit.free_bytes, Some(1));
     }
 
     /// A model with one layer of `size` bytes unique to it.

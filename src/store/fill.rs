@@ -128,6 +128,8 @@ pub struct Fill {
     map_io: Mutex<()>,
     /// Bumped on every write and state change; waiters and the hasher sleep on it.
     progress: watch::Sender<u64>,
+    /// A write failed for want of space (ENOSPC, EDQUOT): the fill's files go when it fails.
+    out_of_space: std::sync::atomic::AtomicBool,
 }
 
 /// What a request finds when it asks for a blob.
@@ -315,6 +317,13 @@ impl Fills {
                 }
                 tracing::warn!(digest = %fill.digest, "fill failed: {e}");
                 fill.fail(e.to_string());
+                if fill.out_of_space.load(std::sync::atomic::Ordering::SeqCst) {
+                    // What it wrote holds the very space the disk lacks: give it back rather
+                    // than keep it for a resume (a later fill starts over).
+                    let f = fill.clone();
+                    let _ = tokio::task::spawn_blocking(move || f.discard()).await;
+                    tracing::warn!(digest = %fill.digest, "out of disk space: removed the partial blob");
+                }
             }
         }
         self.active.lock().unwrap().remove(&fill.digest);
@@ -382,6 +391,7 @@ impl Fill {
             }),
             map_io: Mutex::new(()),
             progress: watch::channel(0).0,
+            out_of_space: std::sync::atomic::AtomicBool::new(false),
         };
         if let Some(m) = &previous {
             for &i in &m.landed {
@@ -428,6 +438,21 @@ impl Fill {
                 .filter(|(_, s)| **s == SliceState::Landed)
                 .map(|(i, _)| i as u64)
                 .collect(),
+        }
+    }
+
+    /// Removes the fill's files (data and slice map); open readers keep their inode.
+    fn discard(&self) {
+        let _io = self.map_io.lock().unwrap();
+        let _ = std::fs::remove_file(&self.map_path);
+        let _ = std::fs::remove_file(&self.data_path);
+    }
+
+    /// Notes an I/O error that means the disk (or quota) is full.
+    fn note_io_error(&self, e: &std::io::Error) {
+        if matches!(e.raw_os_error(), Some(libc::ENOSPC) | Some(libc::EDQUOT)) {
+            self.out_of_space
+                .store(true, std::sync::atomic::Ordering::SeqCst);
         }
     }
 
@@ -609,6 +634,7 @@ async fn worker(
                 .map_err(std::io::Error::other)
                 .and_then(|r| r);
                 if let Err(e) = persisted {
+                    fill.note_io_error(&e);
                     counters.failure("disk");
                     fill.fail(format!("cannot record slice {i}: {e}"));
                     return;
@@ -722,7 +748,10 @@ async fn write_pending(
     tokio::task::spawn_blocking(move || file.write_all_at(&buf, at))
         .await
         .map_err(|e| FetchError::new("disk", e.to_string()))?
-        .map_err(|e| FetchError::new("disk", e.to_string()))?;
+        .map_err(|e| {
+            fill.note_io_error(&e);
+            FetchError::new("disk", e.to_string())
+        })?;
     *pos += n;
     fill.state.lock().unwrap().written[i] = *pos - start;
     counters.count(&fill.origin.registry, Event::BytesFromUpstream(n));

@@ -1,16 +1,18 @@
 //! A fake registry.ollama.ai and its CDN, on two loopback host names: the registry on
 //! 127.0.0.1:P answers `/v2/` and manifests, and redirects blob requests (307) to the "CDN" on
 //! 127.0.0.2:Q with a presigned-looking query, the way the real registry sends clients to
-//! Cloudflare R2. The CDN honours single Ranges. Faults are switched on at run time: throttling,
-//! truncation at an absolute byte offset, wrong bytes, a one-time stall, 5xx, 404 and 401 with
-//! `WWW-Authenticate`. Byte and request counters tell how much the cache fetched.
+//! Cloudflare R2. The CDN honours single Ranges. Faults are switched on at run time, for every
+//! blob or for one blob (so that concurrent runs each get their own): throttling, truncation at
+//! an absolute byte offset, wrong bytes, a stall, each either every time or for the first N
+//! responses that reach the offset; 5xx, 404 and 401 with `WWW-Authenticate`. Byte and request
+//! counters (in all and per blob) tell how much the cache fetched.
 //!
 //! Plain threads and blocking sockets: nothing here shares code with the daemon under test.
 
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -27,18 +29,65 @@ pub struct Faults {
     pub corrupt_at: Option<u64>,
     /// The first CDN response that reaches this offset stops sending for this long.
     pub stall_at: Option<(u64, Duration)>,
+    /// The CDN accepts the request and says nothing (not even the status line) for this long,
+    /// then closes.
+    pub silent: Option<Duration>,
     /// Every request (registry and CDN) answers this status.
     pub status: Option<u16>,
     /// Manifests answer 401 with a `WWW-Authenticate` challenge.
     pub unauthorized: bool,
+    /// When set, truncation, corruption, the stall and silence each hit only the first `limit`
+    /// CDN responses whose range contains their offset (a transient fault); otherwise
+    /// truncation, corruption and silence hit every response and the stall one.
+    pub limit: Option<u32>,
+}
+
+/// Faults in force for one set of responses, with how often each has hit.
+struct Armed {
+    faults: Faults,
+    truncations: AtomicU32,
+    corruptions: AtomicU32,
+    stalls: AtomicU32,
+    silences: AtomicU32,
+}
+
+impl Armed {
+    fn new(faults: Faults) -> Arc<Armed> {
+        Arc::new(Armed {
+            faults,
+            truncations: AtomicU32::new(0),
+            corruptions: AtomicU32::new(0),
+            stalls: AtomicU32::new(0),
+            silences: AtomicU32::new(0),
+        })
+    }
+
+    /// Whether a fault at `at` hits a response covering `start..=end`; counts the hit.
+    fn hits(&self, hits: &AtomicU32, at: u64, start: u64, end: u64, always: bool) -> bool {
+        match self.faults.limit {
+            None if always => true,
+            None => hits.fetch_add(1, Ordering::SeqCst) == 0,
+            Some(n) => {
+                start <= at
+                    && at <= end
+                    && hits
+                        .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |h| {
+                            (h < n).then_some(h + 1)
+                        })
+                        .is_ok()
+            }
+        }
+    }
 }
 
 struct Shared {
     manifests: Mutex<HashMap<String, Vec<u8>>>,
     blobs: Mutex<HashMap<String, Arc<Vec<u8>>>>,
-    faults: Mutex<Faults>,
-    stalled: AtomicBool,
+    faults: Mutex<Arc<Armed>>,
+    /// Faults for one blob (by digest), in place of `faults`.
+    blob_faults: Mutex<HashMap<String, Arc<Armed>>>,
     cdn_bytes: AtomicU64,
+    blob_bytes: Mutex<HashMap<String, u64>>,
     cdn_requests: AtomicU64,
     registry_requests: AtomicU64,
     manifest_requests: AtomicU64,
@@ -72,9 +121,10 @@ impl FakeUpstream {
         let shared = Arc::new(Shared {
             manifests: Mutex::new(HashMap::new()),
             blobs: Mutex::new(HashMap::new()),
-            faults: Mutex::new(Faults::default()),
-            stalled: AtomicBool::new(false),
+            faults: Mutex::new(Armed::new(Faults::default())),
+            blob_faults: Mutex::new(HashMap::new()),
             cdn_bytes: AtomicU64::new(0),
+            blob_bytes: Mutex::new(HashMap::new()),
             cdn_requests: AtomicU64::new(0),
             registry_requests: AtomicU64::new(0),
             manifest_requests: AtomicU64::new(0),
@@ -191,13 +241,33 @@ impl FakeUpstream {
             .insert(format!("{repo}:{tag}"), bytes);
     }
 
+    /// Faults for every blob without faults of its own (and for the registry's status).
     pub fn faults(&self, f: Faults) {
-        *self.shared.faults.lock().unwrap() = f;
-        self.shared.stalled.store(false, Ordering::SeqCst);
+        *self.shared.faults.lock().unwrap() = Armed::new(f);
+    }
+
+    /// Faults for the CDN responses of one blob only (`None` clears them).
+    pub fn blob_faults(&self, digest: &str, f: Option<Faults>) {
+        let mut m = self.shared.blob_faults.lock().unwrap();
+        match f {
+            Some(f) => m.insert(digest.to_string(), Armed::new(f)),
+            None => m.remove(digest),
+        };
     }
 
     pub fn cdn_bytes(&self) -> u64 {
         self.shared.cdn_bytes.load(Ordering::SeqCst)
+    }
+
+    /// CDN body bytes sent for one blob.
+    pub fn cdn_bytes_of(&self, digest: &str) -> u64 {
+        self.shared
+            .blob_bytes
+            .lock()
+            .unwrap()
+            .get(digest)
+            .copied()
+            .unwrap_or(0)
     }
 
     pub fn cdn_requests(&self) -> u64 {
@@ -276,12 +346,13 @@ fn respond(
 
 fn serve(mut conn: TcpStream, s: &Shared, is_cdn: bool) -> std::io::Result<()> {
     let req = read_request(&conn)?;
-    let faults = s.faults.lock().unwrap().clone();
+    let armed = s.faults.lock().unwrap().clone();
+    if is_cdn {
+        return serve_cdn(conn, s, &req, armed);
+    }
+    let faults = &armed.faults;
     if let Some(st) = faults.status {
         return respond(&mut conn, st, &[], b"injected failure\n");
-    }
-    if is_cdn {
-        return serve_cdn(conn, s, &req, &faults);
     }
     s.registry_requests.fetch_add(1, Ordering::SeqCst);
     let path = req.path.split('?').next().unwrap_or("").to_string();
@@ -353,13 +424,24 @@ fn serve(mut conn: TcpStream, s: &Shared, is_cdn: bool) -> std::io::Result<()> {
     respond(&mut conn, 404, &[], b"not found\n")
 }
 
-fn serve_cdn(mut conn: TcpStream, s: &Shared, req: &Req, f: &Faults) -> std::io::Result<()> {
+fn serve_cdn(mut conn: TcpStream, s: &Shared, req: &Req, armed: Arc<Armed>) -> std::io::Result<()> {
     s.cdn_requests.fetch_add(1, Ordering::SeqCst);
     let path = req.path.split('?').next().unwrap_or("");
+    let d = format!("sha256:{}", path.trim_start_matches("/cdn/"));
+    let armed = s
+        .blob_faults
+        .lock()
+        .unwrap()
+        .get(&d)
+        .cloned()
+        .unwrap_or(armed);
+    let f = &armed.faults;
+    if let Some(st) = f.status {
+        return respond(&mut conn, st, &[], b"injected failure\n");
+    }
     if !req.path.contains("X-Amz-Signature=") {
         return respond(&mut conn, 403, &[], b"unsigned\n");
     }
-    let d = format!("sha256:{}", path.trim_start_matches("/cdn/"));
     let Some(blob) = s.blobs.lock().unwrap().get(&d).cloned() else {
         return respond(&mut conn, 404, &[], b"no such key\n");
     };
@@ -396,6 +478,12 @@ fn serve_cdn(mut conn: TcpStream, s: &Shared, req: &Req, f: &Faults) -> std::io:
         }
         None => (200, 0, size - 1),
     };
+    if let Some(dur) = f.silent {
+        if armed.hits(&armed.silences, start, start, end, true) {
+            std::thread::sleep(dur);
+            return Ok(());
+        }
+    }
     let mut head = format!(
         "HTTP/1.1 {status} X\r\nConnection: close\r\nContent-Length: {}\r\nAccept-Ranges: bytes\r\n",
         end + 1 - start
@@ -408,33 +496,48 @@ fn serve_cdn(mut conn: TcpStream, s: &Shared, req: &Req, f: &Faults) -> std::io:
     if req.method == "HEAD" {
         return Ok(());
     }
+    // Which faults hit this response is decided once, before the first byte.
+    let truncate_at = f
+        .truncate_at
+        .filter(|&t| armed.hits(&armed.truncations, t, start, end, true));
+    let corrupt_at = f
+        .corrupt_at
+        .filter(|&c| armed.hits(&armed.corruptions, c, start, end, true));
+    let mut stall_at = f.stall_at.filter(|&(at, _)| {
+        // A once-only stall (no limit) is spent by the first response that reaches it.
+        f.limit.is_none() || armed.hits(&armed.stalls, at, start, end, false)
+    });
     let mut pos = start;
     let chunk = 16 * 1024u64;
     while pos <= end {
         let mut n = chunk.min(end + 1 - pos);
-        if let Some(t) = f.truncate_at {
+        if let Some(t) = truncate_at {
             if pos >= t {
                 return Ok(());
             }
             n = n.min(t - pos);
         }
-        if let Some((at, dur)) = f.stall_at {
-            if pos == at && !s.stalled.swap(true, Ordering::SeqCst) {
-                std::thread::sleep(dur);
-                return Ok(());
+        if let Some((at, dur)) = stall_at {
+            if pos == at {
+                stall_at = None;
+                if f.limit.is_some() || armed.hits(&armed.stalls, at, start, end, false) {
+                    std::thread::sleep(dur);
+                    return Ok(());
+                }
             }
             if pos < at && at < pos + n {
                 n = at - pos;
             }
         }
         let mut buf = blob[pos as usize..(pos + n) as usize].to_vec();
-        if let Some(c) = f.corrupt_at {
+        if let Some(c) = corrupt_at {
             if pos <= c && c < pos + n {
                 buf[(c - pos) as usize] ^= 0xff;
             }
         }
         conn.write_all(&buf)?;
         s.cdn_bytes.fetch_add(n, Ordering::SeqCst);
+        *s.blob_bytes.lock().unwrap().entry(d.clone()).or_default() += n;
         pos += n;
         if f.throttle > 0 {
             std::thread::sleep(Duration::from_secs_f64(n as f64 / f.throttle as f64));
@@ -469,17 +572,34 @@ pub fn raw_request(
     path: &str,
     extra: &[(&str, &str)],
 ) -> RawResponse {
-    let mut c = TcpStream::connect(addr).unwrap();
-    c.set_read_timeout(Some(Duration::from_secs(120))).unwrap();
+    try_request(addr, method, host, path, extra).unwrap()
+}
+
+/// Like [`raw_request`], for servers that may die or reset the connection mid-answer: an I/O
+/// error before the status line is an `Err`; one after it ends the body (`complete` is false).
+pub fn try_request(
+    addr: SocketAddr,
+    method: &str,
+    host: &str,
+    path: &str,
+    extra: &[(&str, &str)],
+) -> std::io::Result<RawResponse> {
+    let mut c = TcpStream::connect(addr)?;
+    c.set_read_timeout(Some(Duration::from_secs(120)))?;
     let mut req = format!("{method} {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n");
     for (k, v) in extra {
         req.push_str(&format!("{k}: {v}\r\n"));
     }
     req.push_str("\r\n");
-    c.write_all(req.as_bytes()).unwrap();
+    c.write_all(req.as_bytes())?;
     let mut r = BufReader::new(c);
     let mut line = String::new();
-    r.read_line(&mut line).unwrap();
+    if r.read_line(&mut line)? == 0 {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::UnexpectedEof,
+            "connection closed before the status line",
+        ));
+    }
     let status: u16 = line
         .split_whitespace()
         .nth(1)
@@ -503,12 +623,12 @@ pub fn raw_request(
     if method == "HEAD" {
         body.clear();
     }
-    RawResponse {
+    Ok(RawResponse {
         status,
         headers,
         body,
         complete,
-    }
+    })
 }
 
 #[cfg(test)]
@@ -571,5 +691,96 @@ mod tests {
             raw_get(up.registry, "x", "/v2/library/none/manifests/latest", &[]).status,
             404
         );
+    }
+
+    /// The CDN path of a blob, as the registry's 307 names it.
+    fn cdn_path(up: &FakeUpstream, d: &str) -> String {
+        let r = raw_get(up.registry, "x", &format!("/v2/library/t/blobs/{d}"), &[]);
+        let loc = r.headers["location"].clone();
+        loc.splitn(4, '/').nth(3).map(|p| format!("/{p}")).unwrap()
+    }
+
+    #[test]
+    fn limited_and_per_blob_faults() {
+        let up = FakeUpstream::start();
+        let a = blob_bytes(200_000, 2);
+        let b = blob_bytes(200_000, 3);
+        let (da, db) = (up.add_blob(a.clone()), up.add_blob(b.clone()));
+        let (pa, pb) = (cdn_path(&up, &da), cdn_path(&up, &db));
+        // Truncation of the first two responses that cover the offset, for blob a only.
+        up.blob_faults(
+            &da,
+            Some(Faults {
+                truncate_at: Some(150_000),
+                limit: Some(2),
+                ..Default::default()
+            }),
+        );
+        // A range before the offset is untouched and does not use up the limit.
+        let r = raw_get(up.cdn, "cdn", &pa, &[("Range", "bytes=0-99")]);
+        assert!(r.complete && r.body == a[..100]);
+        for _ in 0..2 {
+            let r = raw_get(up.cdn, "cdn", &pa, &[]);
+            assert!(!r.complete && r.body == a[..150_000]);
+        }
+        let r = raw_get(up.cdn, "cdn", &pa, &[]);
+        assert!(r.complete && r.body == a, "the third response is whole");
+        let r = raw_get(up.cdn, "cdn", &pb, &[]);
+        assert!(r.complete && r.body == b, "blob b has no faults");
+        assert_eq!(up.cdn_bytes_of(&db), 200_000);
+        assert_eq!(up.cdn_bytes_of(&da), 100 + 2 * 150_000 + 200_000);
+
+        // Corruption once; a stall for every response (limit) cut short by the client.
+        up.blob_faults(
+            &db,
+            Some(Faults {
+                corrupt_at: Some(10),
+                limit: Some(1),
+                ..Default::default()
+            }),
+        );
+        let r = raw_get(up.cdn, "cdn", &pb, &[("Range", "bytes=0-99")]);
+        assert!(r.complete && r.body != b[..100] && r.body[11..] == b[11..100]);
+        let r = raw_get(up.cdn, "cdn", &pb, &[("Range", "bytes=0-99")]);
+        assert!(r.complete && r.body == b[..100]);
+        up.blob_faults(
+            &db,
+            Some(Faults {
+                stall_at: Some((50_000, Duration::from_millis(300))),
+                limit: Some(u32::MAX),
+                ..Default::default()
+            }),
+        );
+        for _ in 0..2 {
+            let t = std::time::Instant::now();
+            let r = raw_get(up.cdn, "cdn", &pb, &[]);
+            assert!(!r.complete && r.body == b[..50_000]);
+            assert!(t.elapsed() >= Duration::from_millis(300));
+        }
+        // Silence before the status line, once.
+        up.blob_faults(
+            &db,
+            Some(Faults {
+                silent: Some(Duration::from_millis(300)),
+                limit: Some(1),
+                ..Default::default()
+            }),
+        );
+        let t = std::time::Instant::now();
+        assert!(try_request(up.cdn, "GET", "cdn", &pb, &[]).is_err());
+        assert!(t.elapsed() >= Duration::from_millis(300));
+        assert!(raw_get(up.cdn, "cdn", &pb, &[]).complete);
+        up.blob_faults(&db, None);
+        assert!(raw_get(up.cdn, "cdn", &pb, &[]).complete);
+        // A per-blob status.
+        up.blob_faults(
+            &da,
+            Some(Faults {
+                status: Some(500),
+                ..Default::default()
+            }),
+        );
+        assert_eq!(raw_get(up.cdn, "cdn", &pa, &[]).status, 500);
+        assert_eq!(raw_get(up.cdn, "cdn", &pb, &[]).status, 200);
     }
 }
