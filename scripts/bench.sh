@@ -72,7 +72,7 @@ row() {
     ge) goal_txt="≥ $6×"; [ "$ratio" != n/a ] && met=$(awk -v r="${ratio%×}" -v g="$6" 'BEGIN { print (r >= g ? "yes" : "NO") }') ;;
     le) goal_txt="≤ $6×"; [ "$ratio" != n/a ] && met=$(awk -v r="${ratio%×}" -v g="$6" 'BEGIN { print (r <= g ? "yes" : "NO") }') ;;
     absle) goal_txt="≤ $6"; [ -n "$ours" ] && met=$(awk -v r="$ours" -v g="$6" 'BEGIN { print (r <= g ? "yes" : "NO") }') ;;
-    eq) goal_txt="= $6×"; [ -n "$ours" ] && met=$(awk -v r="$ours" -v g="$6" 'BEGIN { print (sprintf("%.2f", r) == sprintf("%.2f", g) ? "yes" : "NO") }') ;;
+    eq) goal_txt="= $6×"; [ -n "$ours" ] && ratio=$(fmt "$ours")× && met=$(awk -v r="$ours" -v g="$6" 'BEGIN { print (sprintf("%.2f", r) == sprintf("%.2f", g) ? "yes" : "NO") }') ;;
     peer) goal_txt="(peer)"; met="—" ;;
     info) goal_txt="(info)"; met="—" ;;
   esac

@@ -90,10 +90,11 @@ def at_exit(fn):
 
 
 def cleanup():
+    # SIGTERM first: an nginx master killed with SIGKILL leaves its workers behind, and they
+    # would keep the caller's stdout pipe open (and the namespace alive).
     for p in list(_procs):
         try:
-            p.kill()
-            p.wait()
+            stop(p, timeout=5)
         except Exception:
             pass
     for fn in reversed(_cleanups):

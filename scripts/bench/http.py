@@ -213,7 +213,7 @@ def part_rss(work, up, cache, hexd):
             asyncio.run(_download_all(lc.port, hexd, n, chunk, SIZE))
         lc.stop()
         say(f"(rss) {n} concurrent ranged downloads of {chunk >> 10} KiB: peak RssAnon {s.peak_anon / 1024:.1f} MiB,"
-            f" VmHWM {s.hwm / 1024:.1f} MiB (includes the mapped blob's page-cache pages)")
+            f" VmHWM {s.hwm / 1024:.1f} MiB (counts the mapped blob's page-cache pages the process touched)")
         result(f"rss{n}.rss_anon_mib", s.peak_anon / 1024)
         result(f"rss{n}.vmhwm_mib", s.hwm / 1024)
 
