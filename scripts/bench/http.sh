@@ -2,7 +2,7 @@
 # HTTP benchmark: cache hits vs nginx (sendfile), cold pulls vs the upstream and vs
 # docker-registry's pull-through cache, a cold pull over a rate-limited veth link, upstream bytes
 # for 16 concurrent cold pulls, and peak RSS at 200 and 1000 concurrent downloads. The work is
-# done by http.py next to this script (its docstring describes each part); this wrapper checks
+# done by http_bench.py next to this script (its docstring describes each part); this wrapper checks
 # the tools. Prints a summary and `RESULT key=value` lines (collected by scripts/bench.sh).
 #   usage: scripts/bench/http.sh
 #   env:   RUNS=5 SIZE_MIB=1024 BYTES_MIB=256 LINK_MIB=256 LINK_RATE=1gbit
@@ -19,4 +19,4 @@ done
 [ -x "$bin" ] || { echo "http.sh: build first: cargo build --release -p lancached" >&2; exit 1; }
 ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)"
 export LANCACHED_BIN=$bin
-exec python3 "$here/http.py"
+exec python3 "$here/http_bench.py"
