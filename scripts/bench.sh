@@ -98,9 +98,9 @@ row() {
     row "cold pull over a ${LINK_RATE:-1gbit} veth, 16 ranges (GiB/s)" link16.lancached.gibps link16.direct.gibps "direct over the link" ge 0.9 3
     row "upstream bytes / blob size, 16 concurrent cold pulls" bytes16.lancached.ratio bytes16.docker-registry.ratio "docker-registry proxy" eq 1.00
     row "peak RssAnon, 200 concurrent downloads (MiB)" rss200.rss_anon_mib "" "" absle 64 1
-    row "peak VmHWM, 200 concurrent downloads (MiB, incl. mapped page cache)" rss200.vmhwm_mib "" "" info "" 1
+    row "peak VmHWM, 200 concurrent downloads (MiB, mapped pages touched)" rss200.vmhwm_mib "" "" info "" 1
     row "peak RssAnon, 1000 concurrent downloads (MiB)" rss1000.rss_anon_mib "" "" absle 64 1
-    row "peak VmHWM, 1000 concurrent downloads (MiB, incl. mapped page cache)" rss1000.vmhwm_mib "" "" info "" 1
+    row "peak VmHWM, 1000 concurrent downloads (MiB, mapped pages touched)" rss1000.vmhwm_mib "" "" info "" 1
   fi
   if [[ ,$PARTS, == *,dns,* ]]; then
     for w in intercepted forwarded; do
