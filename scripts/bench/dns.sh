@@ -6,6 +6,8 @@
 #                and caches (a warm-up fills the caches first)
 # For each server and workload: the median of RUNS runs of SECS seconds of queries per second,
 # queries lost, and server CPU microseconds per query (utime+stime from /proc/PID/stat).
+# Prints a table, then `RESULT dns.<workload>.<server>.<figure>=<value>` lines for
+# scripts/bench.sh.  env: RUNS=5 SECS=4 CLIENTS=4 RATE=40000 LANCACHED_BIN=...
 # Needs: a release build (cargo build --release), dnsperf, unbound, dnsmasq. Bounded: about
 # 2 x 3 x RUNS x SECS seconds plus start-up.
 set -euo pipefail
@@ -122,6 +124,7 @@ done
 # RATE give CPU per query at the same load for every server.
 RATE=${RATE:-40000}
 declare -A qps lost cpu cpufixed
+results=
 for work in intercepted forwarded; do
   for r in $(seq "$RUNS"); do
     for s in "lancached $LC $LCPORT $lc_pid" "unbound $UB $UBPORT $ub_pid" "dnsmasq $DM $DMPORT $dm_pid"; do
@@ -147,5 +150,9 @@ for work in intercepted forwarded; do
     l=$(tr ' ' '\n' <<<"${lost[$srv.$work]}" | grep . | awk '{s+=$1} END {print s+0}')
     ratio=$(awk -v a="$m" -v b="$base" 'BEGIN { printf "%.2f", (b > 0 ? a / b : 0) }')
     printf '| %-11s | %-9s | %10.0f | %10s | %10s | %18s | %18s |\n' "$work" "$srv" "$m" "$ratio" "$l" "$c" "$f"
+    results+="RESULT dns.$work.$srv.qps=$m"$'\n'"RESULT dns.$work.$srv.lost=$l"$'\n'
+    results+="RESULT dns.$work.$srv.cpu_us_per_query=$c"$'\n'
   done
 done
+# Machine-readable figures for scripts/bench.sh.
+printf '%s' "$results"

@@ -1,0 +1,117 @@
+#!/usr/bin/env bash
+# The benchmark suite in one command: builds the release binaries if needed, installs the peers
+# it measures against from Debian if they are missing, runs every part side by side with its
+# anchor in one run (medians of RUNS runs), and prints one table:
+#   measure | lancached | anchor | ratio | goal | met?
+# The parts are scripts/bench/{http,dns,startup}.sh, which also run stand-alone; each prints
+# `RESULT key=value` lines, collected here. Loopback and the script's own network namespace only.
+# See docs/benchmarks.md.
+#   usage: scripts/bench.sh
+#   env:   RUNS=5 (medians of), SKIP_BUILD=1, PARTS=http,dns,startup, LOG=<file for all output>,
+#          and each part's own (SIZE_MIB, BYTES_MIB, LINK_MIB, LINK_RATE, SECS, BLOBS, ...)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+root=$(pwd)
+export RUNS=${RUNS:-5}
+PARTS=${PARTS:-http,dns,startup}
+log=${LOG:-$(mktemp /tmp/lancache-bench.XXXXXX.log)}
+
+# Debian peers: "command package" pairs; install only what is missing.
+missing=()
+for pair in "nginx nginx" "unbound unbound" "dnsmasq dnsmasq-base" "dnsperf dnsperf" "wrk wrk" \
+  "docker-registry docker-registry" "curl curl" "tc iproute2" "ip iproute2" "dig bind9-dnsutils" \
+  "python3 python3"; do
+  set -- $pair
+  command -v "$1" >/dev/null 2>&1 || PATH=$PATH:/usr/sbin:/sbin command -v "$1" >/dev/null 2>&1 ||
+    missing+=("$2")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  mapfile -t missing < <(printf '%s\n' "${missing[@]}" | sort -u)
+  echo "bench.sh: installing ${missing[*]}" >&2
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get install -y --no-install-recommends "${missing[@]}" ||
+    { apt-get update && apt-get install -y --no-install-recommends "${missing[@]}"; }
+fi
+export PATH=$PATH:/usr/sbin:/sbin
+
+if [ -z "${SKIP_BUILD:-}" ]; then
+  cargo build --release -p lancached -p lancachectl
+fi
+export LANCACHED_BIN=${LANCACHED_BIN:-$root/target/release/lancached}
+ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)"
+
+started=$(date -u '+%Y-%m-%d %H:%M UTC')
+load_before=$(cut -d' ' -f1-3 /proc/loadavg)
+echo "bench.sh: RUNS=$RUNS, all output in $log" >&2
+for part in ${PARTS//,/ }; do
+  echo "== $part" | tee -a "$log" >&2
+  bash "scripts/bench/$part.sh" 2>&1 | tee -a "$log" >&2
+done
+load_after=$(cut -d' ' -f1-3 /proc/loadavg)
+
+declare -A R
+while IFS='=' read -r k v; do R[${k#RESULT }]=$v; done < <(grep '^RESULT ' "$log")
+
+get() { printf '%s' "${R[$1]:-}"; }
+fmt() { [ -n "$1" ] && awk -v x="$1" -v d="${2:-2}" 'BEGIN { printf "%.*f", d, x }' || printf 'n/a'; }
+
+# row MEASURE OURS_KEY ANCHOR_KEY ANCHOR_NAME OP GOAL [DECIMALS]
+#   OP: ge/le compare ours/anchor with GOAL; absle compares ours itself with GOAL;
+#   eq compares ours itself with GOAL at two decimals; peer: no goal, the ratio only.
+row() {
+  local measure=$1 ours anchor ratio met goal_txt d=${7:-2}
+  ours=$(get "$2"); anchor=$([ -n "$3" ] && get "$3" || true)
+  ratio=n/a; met=n/a
+  case $5 in
+    ge | le | peer)
+      if [ -n "$ours" ] && [ -n "$anchor" ]; then
+        ratio=$(awk -v a="$ours" -v b="$anchor" 'BEGIN { if (b > 0) printf "%.2f×", a / b; else print "n/a" }')
+      fi ;;
+  esac
+  case $5 in
+    ge) goal_txt="≥ $6×"; [ "$ratio" != n/a ] && met=$(awk -v r="${ratio%×}" -v g="$6" 'BEGIN { print (r >= g ? "yes" : "NO") }') ;;
+    le) goal_txt="≤ $6×"; [ "$ratio" != n/a ] && met=$(awk -v r="${ratio%×}" -v g="$6" 'BEGIN { print (r <= g ? "yes" : "NO") }') ;;
+    absle) goal_txt="≤ $6"; [ -n "$ours" ] && met=$(awk -v r="$ours" -v g="$6" 'BEGIN { print (r <= g ? "yes" : "NO") }') ;;
+    eq) goal_txt="= $6×"; [ -n "$ours" ] && ratio=$(fmt "$ours")× && met=$(awk -v r="$ours" -v g="$6" 'BEGIN { print (sprintf("%.2f", r) == sprintf("%.2f", g) ? "yes" : "NO") }') ;;
+    peer) goal_txt="(peer)"; met="—" ;;
+    info) goal_txt="(info)"; met="—" ;;
+  esac
+  local anchor_txt="—"
+  [ -n "$4" ] && anchor_txt="$(fmt "$anchor" "$d") ($4)"
+  printf '| %s | %s | %s | %s | %s | %s |\n' "$measure" "$(fmt "$ours" "$d")" "$anchor_txt" "$ratio" "$goal_txt" "$met"
+}
+
+{
+  echo
+  echo "lancache benchmark, $started, $(nproc) cores, load average before $load_before, after $load_after; medians of $RUNS runs"
+  echo
+  echo "| measure | lancached | anchor | ratio | goal | met? |"
+  echo "|---|---|---|---|---|---|"
+  if [[ ,$PARTS, == *,http,* ]]; then
+    row "hit, 1 stream (GiB/s)" hit1.lancached.gibps hit1.nginx.gibps "nginx sendfile" ge 1.0
+    row "hit, 16 ranges (GiB/s)" hit16.lancached.gibps hit16.nginx.gibps "nginx sendfile" ge 1.0
+    row "hit server CPU-s per GiB, 1 stream" hit1.lancached.cpu_s_per_gib hit1.nginx.cpu_s_per_gib "nginx" le 1.0 3
+    row "hit server CPU-s per GiB, 16 ranges" hit16.lancached.cpu_s_per_gib hit16.nginx.cpu_s_per_gib "nginx" le 1.0 3
+    row "cold pull, 16 ranges (GiB/s)" cold16.lancached.gibps cold16.direct.gibps "direct from upstream" ge 0.9
+    row "cold pull, 1 stream (GiB/s)" cold1.lancached.gibps cold1.direct.gibps "direct from upstream" ge 0.9
+    row "cold pull, 1 stream (GiB/s)" cold1.lancached.gibps cold1.docker-registry.gibps "docker-registry proxy" peer ""
+    row "cold pull over a ${LINK_RATE:-1gbit} veth, 16 ranges (GiB/s)" link16.lancached.gibps link16.direct.gibps "direct over the link" ge 0.9 3
+    row "upstream bytes / blob size, 16 concurrent cold pulls" bytes16.lancached.ratio bytes16.docker-registry.ratio "docker-registry proxy" eq 1.00
+    row "peak RssAnon, 200 concurrent downloads (MiB)" rss200.rss_anon_mib "" "" absle 64 1
+    row "peak VmHWM, 200 concurrent downloads (MiB, mapped pages touched)" rss200.vmhwm_mib "" "" info "" 1
+    row "peak RssAnon, 1000 concurrent downloads (MiB)" rss1000.rss_anon_mib "" "" absle 64 1
+    row "peak VmHWM, 1000 concurrent downloads (MiB, mapped pages touched)" rss1000.vmhwm_mib "" "" info "" 1
+  fi
+  if [[ ,$PARTS, == *,dns,* ]]; then
+    for w in intercepted forwarded; do
+      row "DNS $w qps" dns.$w.lancached.qps dns.$w.unbound.qps "unbound, 1 thread" ge 1.0 0
+      row "DNS $w qps" dns.$w.lancached.qps dns.$w.dnsmasq.qps "dnsmasq" peer "" 0
+    done
+  fi
+  if [[ ,$PARTS, == *,startup,* ]]; then
+    row "start-up to READY=1, ${BLOBS:-10000} blobs, index present (ms)" startup.warm_index.ready_ms "" "" absle 100 1
+    row "start-up to READY=1, ${BLOBS:-10000} blobs, index rebuilt (ms)" startup.cold_index.ready_ms "" "" absle 100 1
+    row "access index ready after start, index present (ms, background)" startup.warm_index.index_ms "" "" info "" 0
+    row "access index ready after start, index rebuilt (ms, background)" startup.cold_index.index_ms "" "" info "" 0
+  fi
+} | tee -a "$log"
