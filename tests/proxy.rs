@@ -428,6 +428,24 @@ fn kill9_mid_fill_resumes_without_refetching() {
     );
     let landed_at_kill = landed(&map);
     assert!(!blob_file(&d, &dg).exists());
+    // Every slice the map names has its bytes in the data file: the map lags the disk,
+    // never leads it.
+    let named: Vec<u64> =
+        serde_json::from_slice::<serde_json::Value>(&std::fs::read(&map).unwrap()).unwrap()
+            ["landed"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|i| i.as_u64().unwrap())
+            .collect();
+    let data = std::fs::read(map.with_extension("data")).unwrap();
+    for i in named {
+        let r = (i as usize) << 20..((i as usize + 1) << 20).min(size);
+        assert!(
+            data[r.clone()] == layer[r],
+            "slice {i} is named but its bytes are not there"
+        );
+    }
     let dir = d.into_dir();
     up.faults(Faults::default());
     // The fake may still push one chunk into the dead connection before it notices.
@@ -635,8 +653,11 @@ fn cold_head_probes_size_and_stats_show_active_fills() {
     assert_eq!(f["model"], "registry.ollama.ai/library/loose");
     let r = client.join().unwrap();
     assert!(r.complete && r.body == layer);
-    let j: serde_json::Value =
-        serde_json::from_slice(&raw_get(addr, &host, "/cache/stats", &[]).body).unwrap();
-    assert_eq!(j["fills"].as_array().map(Vec::len), Some(0), "{j}");
-    assert_eq!(j["fills_completed"], 1);
+    // The response ends once the blob is verified; publication (fsync, rename) follows.
+    let mut j = serde_json::Value::Null;
+    wait_for("the fill to be published", Duration::from_secs(10), || {
+        j = serde_json::from_slice(&raw_get(addr, &host, "/cache/stats", &[]).body).unwrap();
+        j["fills"].as_array().map(Vec::len) == Some(0)
+    });
+    assert_eq!(j["fills_completed"], 1, "{j}");
 }

@@ -7,11 +7,18 @@
 //! upstream workers fetch slices: half of them demand first (the lowest missing slice a waiter is
 //! blocked on, else the lowest missing slice at or after the smallest offset any waiter needs,
 //! else any), the other half in order (the lowest missing slice), which keeps the hashed prefix
-//! close behind the download so that verification adds no long tail after the last byte. Bytes reach waiters as soon as they are written, within
-//! a slice too. A landed slice is fsync'd and recorded in the [`SliceMap`], so a restart resumes
-//! without refetching it. A hashing task follows the contiguous written prefix; at the end the
-//! digest and size decide: publish by rename into `blobs/` (same inode, so open readers keep
-//! reading) or discard. Every waiter ends with exactly one of: all its bytes, or an error.
+//! close behind the download so that verification adds no long tail after the last byte.
+//! Bytes reach waiters as soon as they are written, within a slice too.
+//!
+//! Nothing on the download's path waits for the disk. A landed slice is marked in memory at
+//! once; one persister task per fill makes landed slices durable in batches (`fdatasync`) and
+//! only then records them in the [`SliceMap`], so the map never names bytes that are not on
+//! disk and a restart resumes without refetching them. A hashing task follows the contiguous
+//! written prefix; at the end the digest and size decide. A match releases the blob's last
+//! byte at once (the verified state); then the file is fsync'd and renamed into `blobs/`
+//! (same inode, so open readers keep reading), and a failure there fails the fill and leaves
+//! nothing in `blobs/`. A mismatch discards it. Every waiter ends with exactly one of: all its
+//! bytes, or an error.
 //!
 //! A fill belongs to nobody's request: clients that leave do not cancel it.
 
@@ -96,14 +103,45 @@ enum SliceState {
 #[derive(Debug, Clone)]
 enum Outcome {
     Running,
+    /// The whole blob is written and its sha256 matches: every byte may go out, while the
+    /// file is made durable and renamed into `blobs/`.
+    Verified,
     Done,
     Failed(String),
+}
+
+impl Outcome {
+    /// Whether all of the blob's bytes, the last one included, may be served.
+    fn verified(&self) -> bool {
+        matches!(self, Outcome::Verified | Outcome::Done)
+    }
+}
+
+/// The two points where a fill waits for the disk; tests make each of them fail.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SyncPoint {
+    /// The persister's `fdatasync` before it records landed slices in the slice map.
+    Slices,
+    /// Publication's `fsync` before the rename into `blobs/`.
+    Publish,
+}
+
+/// How a fill makes its data file durable at a [`SyncPoint`].
+pub type SyncFn = Arc<dyn Fn(&std::fs::File, SyncPoint) -> std::io::Result<()> + Send + Sync>;
+
+fn real_sync() -> SyncFn {
+    Arc::new(|file, point| match point {
+        SyncPoint::Slices => file.sync_data(),
+        SyncPoint::Publish => file.sync_all(),
+    })
 }
 
 struct FillState {
     slices: Vec<SliceState>,
     /// Bytes written from the start of each slice (contiguous), landed or not.
     written: Vec<u64>,
+    /// Landed slices whose bytes are known to be on disk and named in the slice map.
+    durable: Vec<bool>,
     /// Waiter id -> the next offset it needs.
     waiters: HashMap<u64, u64>,
     next_waiter: u64,
@@ -126,6 +164,7 @@ pub struct Fill {
     state: Mutex<FillState>,
     /// Serialises slice-map writes, and orders them before publication's removal of the map.
     map_io: Mutex<()>,
+    sync: SyncFn,
     /// Bumped on every write and state change; waiters and the hasher sleep on it.
     progress: watch::Sender<u64>,
     /// A write failed for want of space (ENOSPC, EDQUOT): the fill's files go when it fails.
@@ -158,6 +197,7 @@ pub struct Fills {
     permits: Arc<Semaphore>,
     /// Told of every blob a fill publishes (the access index marks it as fetched).
     on_publish: OnceLock<PublishHook>,
+    sync: SyncFn,
 }
 
 /// See [`Fills::on_publish`].
@@ -177,7 +217,15 @@ impl Fills {
             active: Mutex::new(HashMap::new()),
             permits: Arc::new(Semaphore::new(max_fills.max(1))),
             on_publish: OnceLock::new(),
+            sync: real_sync(),
         }
+    }
+
+    /// Replaces the fsyncs of every later fill (tests inject disk failures and delays here).
+    #[cfg(test)]
+    fn with_sync(mut self, sync: SyncFn) -> Fills {
+        self.sync = sync;
+        self
     }
 
     /// Sets what to call when a fill publishes a verified blob (once; later calls are ignored).
@@ -215,7 +263,14 @@ impl Fills {
         if blob_path.exists() {
             return Ok(Joined::Published);
         }
-        let fill = Arc::new(Fill::open(&self.layout, digest, size, origin, params)?);
+        let fill = Arc::new(Fill::open(
+            &self.layout,
+            digest,
+            size,
+            origin,
+            params,
+            self.sync.clone(),
+        )?);
         active.insert(digest.clone(), fill.clone());
         drop(active);
         let this = self.clone();
@@ -246,6 +301,7 @@ impl Fills {
                     waiters: st.waiters.len() as u32,
                     state: match &st.outcome {
                         Outcome::Running => "filling".into(),
+                        Outcome::Verified => "publishing".into(),
                         Outcome::Done => "done".into(),
                         Outcome::Failed(e) => format!("failed: {e}"),
                     },
@@ -300,6 +356,7 @@ impl Fills {
                 self.counters.clone(),
             ));
         }
+        workers.spawn(persister(fill.clone(), self.counters.clone()));
         let verdict = hash_and_publish(&fill).await;
         workers.abort_all();
         match verdict {
@@ -337,6 +394,7 @@ impl Fill {
         size: u64,
         origin: Origin,
         params: FillParams,
+        sync: SyncFn,
     ) -> std::io::Result<Fill> {
         std::fs::create_dir_all(layout.partial_dir())?;
         let data_path = layout
@@ -349,6 +407,7 @@ impl Fill {
         let n = size.div_ceil(slice_size) as usize;
         let mut slices = vec![SliceState::Missing; n];
         let mut written = vec![0; n];
+        let mut durable = vec![false; n];
         // A map is trusted only if it describes this very fill and its data file exists.
         let previous = SliceMap::load(&map_path).filter(|m| {
             m.digest == digest.as_str()
@@ -385,11 +444,13 @@ impl Fill {
             state: Mutex::new(FillState {
                 slices: vec![],
                 written: vec![],
+                durable: vec![],
                 waiters: HashMap::new(),
                 next_waiter: 0,
                 outcome: Outcome::Running,
             }),
             map_io: Mutex::new(()),
+            sync,
             progress: watch::channel(0).0,
             out_of_space: std::sync::atomic::AtomicBool::new(false),
         };
@@ -398,6 +459,7 @@ impl Fill {
                 if let Some(s) = slices.get_mut(i as usize) {
                     *s = SliceState::Landed;
                     written[i as usize] = this.slice_len(i as usize);
+                    durable[i as usize] = true;
                 }
             }
             tracing::info!(digest = %digest, landed = m.landed.len(), of = n, "resuming fill");
@@ -408,6 +470,7 @@ impl Fill {
             let mut st = this.state.lock().unwrap();
             st.slices = slices;
             st.written = written;
+            st.durable = durable;
         }
         if previous.is_some() {
             this.map().store(&this.map_path)?;
@@ -431,11 +494,12 @@ impl Fill {
             slice_size: self.slice_size,
             registry: self.origin.registry.clone(),
             repository: self.origin.repository.clone(),
+            // Only what the persister has seen reach the disk, never what merely landed.
             landed: st
-                .slices
+                .durable
                 .iter()
                 .enumerate()
-                .filter(|(_, s)| **s == SliceState::Landed)
+                .filter(|(_, d)| **d)
                 .map(|(i, _)| i as u64)
                 .collect(),
         }
@@ -478,7 +542,7 @@ impl Fill {
             match outcome {
                 Outcome::Done => return Ok(()),
                 Outcome::Failed(e) => return Err(e),
-                Outcome::Running => {}
+                Outcome::Running | Outcome::Verified => {}
             }
             if rx.changed().await.is_err() {
                 return Err("the fill ended without a verdict".into());
@@ -570,9 +634,11 @@ impl Waiter {
                 }
                 // The blob's last byte goes out only once the whole blob is verified, so a
                 // response that ends at the end of the blob never completes with bad bytes.
-                let limit = match st.outcome {
-                    Outcome::Done => self.fill.size,
-                    _ => self.fill.size - 1,
+                // Verified is enough: durability is the cache's business, not the client's.
+                let limit = if st.outcome.verified() {
+                    self.fill.size
+                } else {
+                    self.fill.size - 1
                 };
                 let i = (pos / self.fill.slice_size) as usize;
                 let end = (self.fill.slice_start(i) + st.written[i]).min(limit);
@@ -616,35 +682,67 @@ async fn worker(
     while let Some(i) = fill.pick(demand_first) {
         match fetch_slice(&fill, i, &*fetcher, params, &counters).await {
             Ok(()) => {
-                // Durable before recorded: the map never names bytes that are not on disk.
-                let f = fill.clone();
-                let persisted = tokio::task::spawn_blocking(move || {
-                    f.file.sync_data()?;
-                    let _io = f.map_io.lock().unwrap();
-                    let mut st = f.state.lock().unwrap();
-                    st.slices[i] = SliceState::Landed;
-                    if !matches!(st.outcome, Outcome::Running) {
-                        // Already published or failed: the map is gone or irrelevant.
-                        return Ok(());
-                    }
-                    drop(st);
-                    f.map().store(&f.map_path)
-                })
-                .await
-                .map_err(std::io::Error::other)
-                .and_then(|r| r);
-                if let Err(e) = persisted {
-                    fill.note_io_error(&e);
-                    counters.failure("disk");
-                    fill.fail(format!("cannot record slice {i}: {e}"));
-                    return;
-                }
+                // Landed in memory at once, so that `pick` and the waiters move on; the
+                // persister makes it durable and records it later, off this worker's path.
+                fill.state.lock().unwrap().slices[i] = SliceState::Landed;
                 fill.notify();
             }
             Err(e) => {
                 fill.fail(e.to_string());
                 return;
             }
+        }
+    }
+}
+
+/// Makes landed slices durable and records them in the slice map, in batches: one
+/// `fdatasync` covers every slice that landed before it started, then the map names them.
+/// The download never waits for the disk; the map only ever names bytes that are on disk.
+async fn persister(fill: Arc<Fill>, counters: Arc<CacheCounters>) {
+    let mut rx = fill.progress.subscribe();
+    loop {
+        rx.borrow_and_update();
+        let batch: Vec<usize> = {
+            let st = fill.state.lock().unwrap();
+            if !matches!(st.outcome, Outcome::Running | Outcome::Verified) {
+                return;
+            }
+            (0..st.slices.len())
+                .filter(|&i| st.slices[i] == SliceState::Landed && !st.durable[i])
+                .collect()
+        };
+        if batch.is_empty() {
+            if rx.changed().await.is_err() {
+                return;
+            }
+            continue;
+        }
+        let f = fill.clone();
+        let persisted = tokio::task::spawn_blocking(move || {
+            (f.sync)(&f.file, SyncPoint::Slices)?;
+            let _io = f.map_io.lock().unwrap();
+            let mut st = f.state.lock().unwrap();
+            if !matches!(st.outcome, Outcome::Running | Outcome::Verified) {
+                // Published or failed meanwhile: the map is gone or irrelevant.
+                return Ok(());
+            }
+            for &i in &batch {
+                st.durable[i] = true;
+            }
+            drop(st);
+            f.map().store(&f.map_path)
+        })
+        .await
+        .map_err(std::io::Error::other)
+        .and_then(|r| r);
+        if let Err(e) = persisted {
+            fill.note_io_error(&e);
+            counters.failure("disk");
+            fill.fail(format!(
+                "cannot make landed slices durable in {}: {e}",
+                fill.data_path.display()
+            ));
+            return;
         }
     }
 }
@@ -676,7 +774,7 @@ async fn fetch_slice(
                 .map_err(|_| FetchError::new("stall", "no response from upstream"))??;
             // Chunks are gathered into larger writes: one blocking-pool hop per WRITE_BATCH
             // rather than per network read.
-            let mut pending = bytes::BytesMut::new();
+            let mut pending = Pending::default();
             let received: Result<(), FetchError> = loop {
                 match tokio::time::timeout(params.stall_timeout, stream.next()).await {
                     Err(_) => {
@@ -688,14 +786,14 @@ async fn fetch_slice(
                     Ok(None) => break Ok(()),
                     Ok(Some(Err(e))) => break Err(e),
                     Ok(Some(Ok(chunk))) => {
-                        if pos + (pending.len() + chunk.len()) as u64 > end + 1 {
+                        if pos + (pending.len + chunk.len()) as u64 > end + 1 {
                             break Err(FetchError::new(
                                 "upstream_overrun",
                                 "upstream sent more than asked",
                             ));
                         }
-                        pending.extend_from_slice(&chunk);
-                        if pending.len() >= WRITE_BATCH {
+                        pending.push(chunk);
+                        if pending.len >= WRITE_BATCH {
                             write_pending(fill, i, start, &mut pos, &mut pending, counters).await?;
                         }
                     }
@@ -729,23 +827,76 @@ async fn fetch_slice(
     Err(last)
 }
 
+/// Received chunks waiting to be written, kept as they came: one `pwritev` writes them all,
+/// so no byte is copied in user space on its way to the page cache.
+#[derive(Default)]
+struct Pending {
+    chunks: Vec<Bytes>,
+    len: usize,
+}
+
+impl Pending {
+    fn push(&mut self, chunk: Bytes) {
+        if !chunk.is_empty() {
+            self.len += chunk.len();
+            self.chunks.push(chunk);
+        }
+    }
+}
+
+/// Writes all of `chunks` at `at`, the way `write_all_at` writes one buffer.
+fn write_all_vectored_at(
+    file: &std::fs::File,
+    mut chunks: Vec<Bytes>,
+    mut at: u64,
+) -> std::io::Result<()> {
+    use bytes::Buf;
+    let mut first = 0;
+    while first < chunks.len() {
+        let iov: Vec<std::io::IoSlice> = chunks[first..]
+            .iter()
+            .take(1024)
+            .map(|c| std::io::IoSlice::new(c))
+            .collect();
+        let offset = libc::off_t::try_from(at).map_err(std::io::Error::other)?;
+        let mut n = match nix::sys::uio::pwritev(file, &iov, offset) {
+            Ok(0) => return Err(std::io::ErrorKind::WriteZero.into()),
+            Ok(n) => n,
+            Err(nix::errno::Errno::EINTR) => continue,
+            Err(e) => return Err(e.into()),
+        };
+        at += n as u64;
+        while n > 0 {
+            let c = &mut chunks[first];
+            if n >= c.len() {
+                n -= c.len();
+                first += 1;
+            } else {
+                c.advance(n);
+                n = 0;
+            }
+        }
+    }
+    Ok(())
+}
+
 /// Writes gathered bytes at `pos` and tells the waiters.
 async fn write_pending(
     fill: &Fill,
     i: usize,
     start: u64,
     pos: &mut u64,
-    pending: &mut bytes::BytesMut,
+    pending: &mut Pending,
     counters: &CacheCounters,
 ) -> Result<(), FetchError> {
-    if pending.is_empty() {
+    if pending.len == 0 {
         return Ok(());
     }
-    let buf = pending.split().freeze();
-    let n = buf.len() as u64;
+    let Pending { chunks, len } = std::mem::take(pending);
+    let n = len as u64;
     let file = fill.file.clone();
     let at = *pos;
-    tokio::task::spawn_blocking(move || file.write_all_at(&buf, at))
+    tokio::task::spawn_blocking(move || write_all_vectored_at(&file, chunks, at))
         .await
         .map_err(|e| FetchError::new("disk", e.to_string()))?
         .map_err(|e| {
@@ -818,20 +969,391 @@ async fn hash_and_publish(fill: &Arc<Fill>) -> Result<(), FetchError> {
             format!("upstream bytes hash to {got}; discarded"),
         ));
     }
-    tokio::task::spawn_blocking(move || -> std::io::Result<()> {
-        f.file.sync_all()?;
-        std::fs::rename(&f.data_path, &f.blob_path)?;
-        if let Some(dir) = f.blob_path.parent() {
-            std::fs::File::open(dir)?.sync_all()?;
+    {
+        let mut st = fill.state.lock().unwrap();
+        if let Outcome::Failed(e) = &st.outcome {
+            return Err(FetchError::new("failed", e.clone()));
         }
+        // Every byte is known good now: release the last one before the disk work below.
+        st.outcome = Outcome::Verified;
+    }
+    fill.notify();
+    let published = tokio::task::spawn_blocking(move || {
+        let r = publish(&f);
         let _io = f.map_io.lock().unwrap();
         let _ = std::fs::remove_file(&f.map_path);
-        f.state.lock().unwrap().outcome = Outcome::Done;
-        Ok(())
+        let mut st = f.state.lock().unwrap();
+        match &r {
+            Ok(()) => st.outcome = Outcome::Done,
+            Err(e) => {
+                // Nothing half-published stays behind: the blob may not be on disk whole.
+                let _ = std::fs::remove_file(&f.data_path);
+                st.outcome = Outcome::Failed(format!("cannot publish: {e}"));
+            }
+        }
+        r
     })
     .await
-    .map_err(|e| FetchError::new("disk", e.to_string()))?
-    .map_err(|e| FetchError::new("disk", format!("cannot publish: {e}")))?;
+    .map_err(|e| FetchError::new("disk", e.to_string()))
+    .and_then(|r| r.map_err(|e| FetchError::new("disk", format!("cannot publish: {e}"))));
     fill.notify();
+    published
+}
+
+/// Makes the verified data file durable and moves it into `blobs/`; on failure nothing of it
+/// is left in `blobs/`.
+fn publish(f: &Fill) -> std::io::Result<()> {
+    (f.sync)(&f.file, SyncPoint::Publish)
+        .map_err(|e| std::io::Error::new(e.kind(), format!("fsync: {e}")))?;
+    std::fs::rename(&f.data_path, &f.blob_path)
+        .map_err(|e| std::io::Error::new(e.kind(), format!("rename into blobs/: {e}")))?;
+    if let Some(dir) = f.blob_path.parent() {
+        if let Err(e) = std::fs::File::open(dir).and_then(|d| d.sync_all()) {
+            let _ = std::fs::remove_file(&f.blob_path);
+            return Err(std::io::Error::new(
+                e.kind(),
+                format!("fsync of blobs/: {e}"),
+            ));
+        }
+    }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    const SLICE: u64 = 64 * 1024;
+
+    /// Upstream in memory, in 16 KiB chunks. A range that reaches the blob's last byte waits
+    /// for a permit of `tail`, so a test can hold the fill short of its end.
+    struct Mem {
+        data: Bytes,
+        tail: Arc<Semaphore>,
+    }
+
+    impl Fetcher for Mem {
+        fn fetch(
+            &self,
+            start: u64,
+            end: u64,
+        ) -> BoxFuture<'static, Result<ByteStream, FetchError>> {
+            let b = self.data.slice(start as usize..end as usize + 1);
+            let last = end + 1 == self.data.len() as u64;
+            let tail = self.tail.clone();
+            Box::pin(async move {
+                if last {
+                    tail.acquire().await.unwrap().forget();
+                }
+                let chunks: Vec<Result<Bytes, FetchError>> = (0..b.len())
+                    .step_by(16 << 10)
+                    .map(|i| Ok(b.slice(i..(i + (16 << 10)).min(b.len()))))
+                    .collect();
+                Ok(futures_util::stream::iter(chunks).boxed())
+            })
+        }
+    }
+
+    /// A gate a sync hook blocks on (on the blocking pool) until the test opens it.
+    #[derive(Clone, Default)]
+    struct Gate(Arc<(Mutex<bool>, std::sync::Condvar)>);
+
+    impl Gate {
+        fn wait(&self) {
+            let (m, c) = &*self.0;
+            let _g = c.wait_while(m.lock().unwrap(), |open| !*open).unwrap();
+        }
+        fn open(&self) {
+            *self.0 .0.lock().unwrap() = true;
+            self.0 .1.notify_all();
+        }
+    }
+
+    struct Setup {
+        _tmp: tempfile::TempDir,
+        layout: Layout,
+        fills: Arc<Fills>,
+        counters: Arc<CacheCounters>,
+        data: Bytes,
+        tail: Arc<Semaphore>,
+    }
+
+    /// A cache dir and a blob of a little over five slices.
+    fn setup(sync: SyncFn) -> Setup {
+        let tmp = tempfile::tempdir().unwrap();
+        let layout = Layout::new(tmp.path());
+        layout.create().unwrap();
+        let counters = Arc::new(CacheCounters::default());
+        let fills = Fills::new(layout.clone(), Pins::default(), counters.clone(), 4);
+        let data: Vec<u8> = (0..5 * SLICE as usize + 1234)
+            .map(|i| (i * 7 % 251) as u8)
+            .collect();
+        Setup {
+            _tmp: tmp,
+            layout,
+            fills: Arc::new(fills.with_sync(sync)),
+            counters,
+            data: data.into(),
+            tail: Arc::new(Semaphore::new(1 << 20)),
+        }
+    }
+
+    impl Setup {
+        fn start(&self, digest: &Digest) -> Arc<Fill> {
+            let params = FillParams {
+                slice_size: SLICE,
+                connections: 2,
+                stall_timeout: Duration::from_secs(10),
+            };
+            let origin = Origin {
+                registry: "registry.test".into(),
+                repository: "library/x".into(),
+            };
+            let fetcher = Arc::new(Mem {
+                data: self.data.clone(),
+                tail: self.tail.clone(),
+            });
+            let size = self.data.len() as u64;
+            match self.fills.join(digest, size, origin, params, fetcher) {
+                Ok(Joined::Filling(f)) => f,
+                _ => panic!("no fill started"),
+            }
+        }
+
+        fn blobs(&self) -> Vec<String> {
+            std::fs::read_dir(self.layout.blobs_dir())
+                .unwrap()
+                .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+                .collect()
+        }
+
+        fn partials(&self) -> Vec<String> {
+            std::fs::read_dir(self.layout.partial_dir())
+                .unwrap()
+                .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+                .collect()
+        }
+
+        /// Waits for the fill's driver to finish its bookkeeping after the verdict.
+        async fn settled(&self) {
+            for _ in 0..2000 {
+                if self.fills.snapshot().is_empty() {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            panic!("the fill never ended");
+        }
+
+        fn failures(&self, kind: &str) -> u64 {
+            self.counters
+                .snapshot()
+                .failures
+                .get(kind)
+                .copied()
+                .unwrap_or(0)
+        }
+    }
+
+    /// Reads the fill like a response does; returns how far it got and how it ended.
+    async fn read(fill: &Arc<Fill>) -> (u64, std::io::Result<()>) {
+        let mut w = fill.waiter(0);
+        let mut pos = 0;
+        while pos < fill.size {
+            match tokio::time::timeout(Duration::from_secs(20), w.available(pos)).await {
+                Err(_) => return (pos, Err(std::io::Error::other("timed out"))),
+                Ok(Err(e)) => return (pos, Err(e)),
+                Ok(Ok(0)) => break,
+                Ok(Ok(n)) => pos += n,
+            }
+        }
+        (pos, Ok(()))
+    }
+
+    fn sync_with(
+        f: impl Fn(&std::fs::File, SyncPoint) -> std::io::Result<()> + Send + Sync + 'static,
+    ) -> SyncFn {
+        Arc::new(f)
+    }
+
+    #[test]
+    fn vectored_writes_land_every_chunk_in_order() {
+        let tmp = tempfile::tempfile().unwrap();
+        // More chunks than one pwritev takes (1024), some empty, of uneven sizes.
+        let mut pending = Pending::default();
+        let mut want = Vec::new();
+        for i in 0..3000usize {
+            let c: Vec<u8> = (0..i % 13).map(|j| (i + j) as u8).collect();
+            want.extend_from_slice(&c);
+            pending.push(Bytes::from(c));
+        }
+        assert_eq!(pending.len, want.len());
+        write_all_vectored_at(&tmp, pending.chunks, 5).unwrap();
+        let mut got = vec![0u8; want.len() + 5];
+        tmp.read_exact_at(&mut got, 0).unwrap();
+        assert_eq!(&got[..5], &[0; 5]);
+        assert_eq!(&got[5..], &want[..]);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_last_byte_goes_out_once_verified_before_the_blob_is_durable() {
+        let publish = Gate::default();
+        let g = publish.clone();
+        let s = setup(sync_with(move |file, point| {
+            if point == SyncPoint::Publish {
+                g.wait();
+            }
+            real_sync()(file, point)
+        }));
+        let digest = Digest::of(&s.data);
+        let fill = s.start(&digest);
+        let (got, end) = read(&fill).await;
+        end.unwrap();
+        assert_eq!(got, s.data.len() as u64);
+        // The whole body went out while publication still waits on its fsync.
+        assert!(s.blobs().is_empty(), "{:?}", s.blobs());
+        assert_eq!(s.fills.snapshot()[0].state, "publishing");
+        publish.open();
+        fill.finished().await.unwrap();
+        assert_eq!(std::fs::read(s.layout.blob_path(&digest)).unwrap(), s.data);
+        assert!(s.partials().is_empty(), "{:?}", s.partials());
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_blob_that_does_not_hash_to_its_digest_never_releases_its_last_byte() {
+        let published = Arc::new(AtomicBool::new(false));
+        let p = published.clone();
+        let s = setup(sync_with(move |file, point| {
+            if point == SyncPoint::Publish {
+                p.store(true, Ordering::SeqCst);
+            }
+            real_sync()(file, point)
+        }));
+        let digest = Digest::of(b"some other blob");
+        let fill = s.start(&digest);
+        let (got, end) = read(&fill).await;
+        assert!(got < s.data.len() as u64);
+        let e = end.unwrap_err().to_string();
+        assert!(e.contains("digest mismatch"), "{e}");
+        assert!(fill.finished().await.is_err());
+        assert!(!published.load(Ordering::SeqCst));
+        assert!(s.blobs().is_empty(), "{:?}", s.blobs());
+        assert_eq!(s.failures("digest_mismatch"), 1);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_persister_failure_fails_the_fill_with_its_cause() {
+        let s = setup(sync_with(|file, point| match point {
+            SyncPoint::Slices => Err(std::io::Error::from_raw_os_error(libc::ENOSPC)),
+            SyncPoint::Publish => real_sync()(file, point),
+        }));
+        // Hold the last slice back, so the fill cannot be verified before the persister runs.
+        s.tail.forget_permits(1 << 20);
+        let digest = Digest::of(&s.data);
+        let fill = s.start(&digest);
+        let e = tokio::time::timeout(Duration::from_secs(20), fill.finished())
+            .await
+            .unwrap()
+            .unwrap_err();
+        s.settled().await;
+        assert!(
+            e.contains("durable") && e.contains("No space left on device"),
+            "{e}"
+        );
+        let (got, end) = read(&fill).await;
+        assert!(got < s.data.len() as u64);
+        assert!(end.unwrap_err().to_string().contains("No space left"));
+        s.tail.add_permits(1 << 20);
+        assert!(s.blobs().is_empty(), "{:?}", s.blobs());
+        assert_eq!(s.failures("disk"), 1);
+        assert_eq!(s.counters.fills_failed.load(Ordering::Relaxed), 1);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_publish_failure_fails_the_fill_and_leaves_nothing_behind() {
+        let s = setup(sync_with(|file, point| match point {
+            SyncPoint::Slices => real_sync()(file, point),
+            SyncPoint::Publish => Err(std::io::Error::from_raw_os_error(libc::EIO)),
+        }));
+        let digest = Digest::of(&s.data);
+        let fill = s.start(&digest);
+        let e = tokio::time::timeout(Duration::from_secs(20), fill.finished())
+            .await
+            .unwrap()
+            .unwrap_err();
+        s.settled().await;
+        assert!(
+            e.contains("cannot publish") && e.contains("Input/output error"),
+            "{e}"
+        );
+        assert!(s.blobs().is_empty(), "{:?}", s.blobs());
+        assert!(s.partials().is_empty(), "{:?}", s.partials());
+        assert_eq!(s.failures("disk"), 1);
+        assert_eq!(s.counters.fills_failed.load(Ordering::Relaxed), 1);
+        assert_eq!(s.counters.fills_completed.load(Ordering::Relaxed), 0);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_slice_map_names_a_slice_only_after_its_bytes_are_synced() {
+        let slices = Gate::default();
+        let publish = Gate::default();
+        let synced = Arc::new(AtomicBool::new(false));
+        let (gs, gp, sy) = (slices.clone(), publish.clone(), synced.clone());
+        let s = setup(sync_with(move |file, point| {
+            match point {
+                SyncPoint::Slices => gs.wait(),
+                SyncPoint::Publish => gp.wait(),
+            }
+            let r = real_sync()(file, point);
+            if point == SyncPoint::Slices {
+                sy.store(true, Ordering::SeqCst);
+            }
+            r
+        }));
+        let digest = Digest::of(&s.data);
+        let fill = s.start(&digest);
+        let map_path = s
+            .layout
+            .partial_dir()
+            .join(format!("{}.map", digest.file_name()));
+        // Every byte landed and went out, yet no fdatasync has returned: the map names nothing,
+        // so a kill -9 now resumes by fetching every slice again.
+        let (got, end) = read(&fill).await;
+        end.unwrap();
+        assert_eq!(got, s.data.len() as u64);
+        assert!(SliceMap::load(&map_path).unwrap().landed.is_empty());
+        // Once the disk has them, they are recorded (and a restart would trust them).
+        slices.open();
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            let m = SliceMap::load(&map_path).unwrap();
+            if m.landed.len() == 6 {
+                assert!(synced.load(Ordering::SeqCst));
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "map never caught up: {m:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let resumed = Fill::open(
+            &s.layout,
+            &digest,
+            s.data.len() as u64,
+            fill.origin.clone(),
+            FillParams {
+                slice_size: SLICE,
+                connections: 1,
+                stall_timeout: Duration::from_secs(1),
+            },
+            real_sync(),
+        )
+        .unwrap();
+        assert!(resumed.state.lock().unwrap().durable.iter().all(|d| *d));
+        publish.open();
+        fill.finished().await.unwrap();
+        assert!(!map_path.exists());
+    }
 }

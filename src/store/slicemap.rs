@@ -1,6 +1,7 @@
 //! The persisted slice map of a fill in progress: which slices of the sparse data file were
 //! fully written and fsync'd. It sits next to the data file in `.lancached/partial/` and is
-//! replaced atomically (write temp, fsync, rename) after each slice lands, so after a restart or
+//! replaced atomically (write temp, fsync, rename) by the fill's persister after each
+//! `fdatasync` of the data file (a batch of landed slices), so after a restart or
 //! `kill -9` the map names only slices whose bytes are known to be on disk: a slice that was
 //! being written when the process died is simply missing and fetched again.
 
