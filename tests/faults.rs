@@ -197,6 +197,25 @@ fn filling(d: &Daemon, dg: &str) -> bool {
 }
 
 /// Ollama's split of a blob into 16 ranges (it uses ≥100 MB parts; the same shape, smaller).
+/// GETs `path` once per ask, all at the same time, each on its own thread: `Some((a, b))` asks
+/// for the bytes `a..b` with a Range, `None` for the whole blob. Answers come back in ask order.
+fn get_all_at_once(addr: SocketAddr, path: &str, asks: &[Option<(u64, u64)>]) -> Vec<RawResponse> {
+    let clients: Vec<_> = asks
+        .iter()
+        .map(|&ask| {
+            let path = path.to_string();
+            std::thread::spawn(move || match ask {
+                Some((a, b)) => {
+                    let range = format!("bytes={a}-{}", b - 1);
+                    get(addr, "GET", &path, &[("Range", &range)])
+                }
+                None => get(addr, "GET", &path, &[]),
+            })
+        })
+        .collect();
+    clients.into_iter().map(|c| c.join().unwrap()).collect()
+}
+
 fn parts(size: u64) -> Vec<(u64, u64)> {
     let n = 16u64;
     let part = size.div_ceil(n);
@@ -327,21 +346,7 @@ fn truncation_and_corruption_at_random_offsets() {
                 // 16 ranged clients and one whole-blob client, all at once.
                 let mut asks: Vec<Option<(u64, u64)>> = parts(size).into_iter().map(Some).collect();
                 asks.push(None);
-                let clients: Vec<_> = asks
-                    .iter()
-                    .map(|&ask| {
-                        let path = path.clone();
-                        std::thread::spawn(move || match ask {
-                            Some((a, b)) => {
-                                let range = format!("bytes={a}-{}", b - 1);
-                                get(addr, "GET", &path, &[("Range", &range)])
-                            }
-                            None => get(addr, "GET", &path, &[]),
-                        })
-                    })
-                    .collect();
-                let answers: Vec<RawResponse> =
-                    clients.into_iter().map(|c| c.join().unwrap()).collect();
+                let answers = get_all_at_once(addr, &path, &asks);
                 wait_for(
                     &format!("the fill to end ({ctx})"),
                     Duration::from_secs(60),
@@ -741,21 +746,7 @@ fn stalled_upstream_fails_waiters_cleanly_then_the_fill_retries() {
         Some((offset, size as u64)),
         Some((size as u64 - 10, size as u64)),
     ];
-    let clients: Vec<_> = asks
-        .iter()
-        .map(|&ask| {
-            let path = path.clone();
-            std::thread::spawn(move || match ask {
-                Some((a, b)) => {
-                    let range = format!("bytes={a}-{}", b - 1);
-                    get(addr, "GET", &path, &[("Range", &range)])
-                }
-                None => get(addr, "GET", &path, &[]),
-            })
-        })
-        .collect();
-    for c in clients {
-        let r = c.join().unwrap();
+    for r in get_all_at_once(addr, &path, &asks) {
         assert!(
             !r.complete,
             "a waiter completed past a stalled upstream ({ctx})"
