@@ -457,6 +457,21 @@ fn u16_at(b: &[u8], at: usize) -> u16 {
     u16::from_be_bytes([b[at], b[at + 1]])
 }
 
+/// Sends one DNS message over a new TCP connection (RFC 1035 4.2.2 framing) and returns the
+/// reply, or `None` when the server closes the connection without one.
+fn tcp_exchange(dns: SocketAddr, q: &[u8]) -> Option<Vec<u8>> {
+    let mut t = TcpStream::connect(dns).unwrap();
+    t.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+    let mut framed = (q.len() as u16).to_be_bytes().to_vec();
+    framed.extend_from_slice(q);
+    t.write_all(&framed).unwrap();
+    let mut len = [0u8; 2];
+    t.read_exact(&mut len).ok()?;
+    let mut reply = vec![0u8; u16::from_be_bytes(len) as usize];
+    t.read_exact(&mut reply).unwrap();
+    Some(reply)
+}
+
 #[test]
 fn overlong_dns_names_are_formerr_or_dropped() {
     let d = Daemon::builder()
@@ -499,22 +514,12 @@ fn overlong_dns_names_are_formerr_or_dropped() {
                 assert_eq!(u16_at(&buf, 6), 0, "no answers");
             }
             // TCP: the same, framed.
-            let mut t = TcpStream::connect(dns).unwrap();
-            t.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
-            let mut framed = (q.len() as u16).to_be_bytes().to_vec();
-            framed.extend_from_slice(&q);
-            t.write_all(&framed).unwrap();
-            let mut len = [0u8; 2];
-            if t.read_exact(&mut len).is_ok() {
-                let mut reply = vec![0u8; u16::from_be_bytes(len) as usize];
-                t.read_exact(&mut reply).unwrap();
+            if let Some(reply) = tcp_exchange(dns, &q) {
                 assert_eq!(rcode(&reply), 1, "tcp query {i}");
             }
         }
     }
     // A maximal TCP frame: a query whose name runs through 64 KiB of labels.
-    let mut t = TcpStream::connect(dns).unwrap();
-    t.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
     let mut q = dns_query(7, &[], 1, None);
     q.truncate(12);
     while q.len() < 65535 - 64 {
@@ -522,13 +527,7 @@ fn overlong_dns_names_are_formerr_or_dropped() {
         q.extend_from_slice(&[b'z'; 63]);
     }
     q.resize(65535, 0);
-    let mut framed = 65535u16.to_be_bytes().to_vec();
-    framed.extend_from_slice(&q);
-    t.write_all(&framed).unwrap();
-    let mut len = [0u8; 2];
-    if t.read_exact(&mut len).is_ok() {
-        let mut reply = vec![0u8; u16::from_be_bytes(len) as usize];
-        t.read_exact(&mut reply).unwrap();
+    if let Some(reply) = tcp_exchange(dns, &q) {
         assert_eq!(rcode(&reply), 1);
     }
     // Still answering, over both transports.
