@@ -197,6 +197,15 @@ fn filling(d: &Daemon, dg: &str) -> bool {
 }
 
 /// Ollama's split of a blob into 16 ranges (it uses ≥100 MB parts; the same shape, smaller).
+/// Offers `layer` upstream as the one layer of `repo:latest`, misbehaving as `faults` says for
+/// that blob alone (so concurrent runs each have their own); returns the blob's digest.
+fn add_faulty_model(up: &FakeUpstream, repo: &str, layer: &[u8], faults: Faults) -> String {
+    up.add_model(repo, "latest", &[layer]);
+    let dg = digest(layer);
+    up.blob_faults(&dg, Some(faults));
+    dg
+}
+
 /// GETs `path` once per ask, all at the same time, each on its own thread: `Some((a, b))` asks
 /// for the bytes `a..b` with a Range, `None` for the whole blob. Answers come back in ask order.
 fn get_all_at_once(addr: SocketAddr, path: &str, asks: &[Option<(u64, u64)>]) -> Vec<RawResponse> {
@@ -293,16 +302,16 @@ fn truncation_and_corruption_at_random_offsets() {
             };
             let layer = blob_bytes(size, seed.wrapping_add(i));
             let repo = format!("library/f{i}");
-            up.add_model(&repo, "latest", &[&layer[..]]);
-            let dg = digest(&layer);
-            up.blob_faults(
-                &dg,
-                Some(Faults {
+            let dg = add_faulty_model(
+                &up,
+                &repo,
+                &layer,
+                Faults {
                     truncate_at: (kind == Kind::Truncate).then_some(offset),
                     corrupt_at: (kind == Kind::Corrupt).then_some(offset),
                     limit,
                     ..Default::default()
-                }),
+                },
             );
             Run {
                 i,
@@ -516,15 +525,15 @@ fn kill9_at_random_moments_of_a_fill() {
         let size = rng.range(2 * MIB as u64, 4 * MIB as u64) as usize;
         let layer = blob_bytes(size, seed.wrapping_add(i));
         let repo = format!("library/k{i}");
-        up.add_model(&repo, "latest", &[&layer[..]]);
-        let dg = digest(&layer);
         // 2 connections of 6 MiB/s: a fill lasts 0.17–0.33 s.
-        up.blob_faults(
-            &dg,
-            Some(Faults {
+        let dg = add_faulty_model(
+            &up,
+            &repo,
+            &layer,
+            Faults {
                 throttle: 6 << 20,
                 ..Default::default()
-            }),
+            },
         );
         let twice = rng.below(4) == 0;
         let delays = [rng.range(0, 300), rng.range(0, 200)];
@@ -718,18 +727,18 @@ fn stalled_upstream_fails_waiters_cleanly_then_the_fill_retries() {
     let up = FakeUpstream::start();
     let size = 5 * MIB / 2;
     let layer = blob_bytes(size, 41);
-    up.add_model("library/stall", "latest", &[&layer[..]]);
-    let dg = digest(&layer);
     let offset = rng.range(1000, size as u64 - 1000);
     let ctx = format!("LANCACHE_FAULT_SEED={base:#x} stall at {offset} of {size}");
     // Every response reaching the offset goes silent far longer than stall_timeout.
-    up.blob_faults(
-        &dg,
-        Some(Faults {
+    let dg = add_faulty_model(
+        &up,
+        "library/stall",
+        &layer,
+        Faults {
             stall_at: Some((offset, Duration::from_secs(20))),
             limit: Some(u32::MAX),
             ..Default::default()
-        }),
+        },
     );
     let d = daemon(
         &up.url(),
@@ -806,18 +815,18 @@ fn transient_stalls_are_retried_and_slow_is_not_stalled() {
         let size = rng.range(MIB as u64 + 1, 3 * MIB as u64) as usize;
         let layer = blob_bytes(size, seed.wrapping_add(i));
         let repo = format!("library/s{i}");
-        up.add_model(&repo, "latest", &[&layer[..]]);
-        let dg = digest(&layer);
         let offset = rng.below(size as u64);
         let times = 1 + rng.below(2) as u32;
         expected += times as u64;
-        up.blob_faults(
-            &dg,
-            Some(Faults {
+        let dg = add_faulty_model(
+            &up,
+            &repo,
+            &layer,
+            Faults {
                 stall_at: Some((offset, Duration::from_secs(10))),
                 limit: Some(times),
                 ..Default::default()
-            }),
+            },
         );
         jobs.push((
             format!(
@@ -1139,13 +1148,14 @@ fn disk_full_during_a_fill() {
         .map(|i| {
             let layer = blob_bytes(6 * MIB, 64 + i);
             let repo = format!("library/twin{i}");
-            up.add_model(&repo, "latest", &[&layer[..]]);
-            up.blob_faults(
-                &digest(&layer),
-                Some(Faults {
+            add_faulty_model(
+                &up,
+                &repo,
+                &layer,
+                Faults {
                     throttle: 3 << 20,
                     ..Default::default()
-                }),
+                },
             );
             assert_eq!(
                 registry_get(&d, &format!("/v2/{repo}/manifests/latest")).status,
