@@ -340,7 +340,19 @@ http {{
 
 # ---- lancached --------------------------------------------------------------------------------
 
-class Lancached:
+class LocalServer:
+    """A server process of the bench's own, on loopback at `self.port`, started into `self.proc`."""
+
+    def stop(self):
+        if self.proc:
+            stop(self.proc)
+            self.proc = None
+
+    def url(self, path):
+        return f"http://127.0.0.1:{self.port}{path}"
+
+
+class Lancached(LocalServer):
     def __init__(self, work, upstream_url, cache=None, http_port=None, name="lancached",
                  log_filter="warn", extra_cache="", env=None):
         self.work = work
@@ -381,17 +393,9 @@ filter = "{log_filter}"
             wait_port(self.port)
         return self
 
-    def stop(self):
-        if self.proc:
-            stop(self.proc)
-            self.proc = None
-
     @property
     def pid(self):
         return self.proc.pid
-
-    def url(self, path):
-        return f"http://127.0.0.1:{self.port}{path}"
 
     def blob_path(self, hexd):
         return os.path.join(self.cache, "blobs", "sha256-" + hexd)
@@ -419,7 +423,7 @@ filter = "{log_filter}"
 
 # ---- docker-registry (distribution 2.8) as a pull-through cache -------------------------------
 
-class DockerRegistry:
+class DockerRegistry(LocalServer):
     """Debian's docker-registry in proxy mode (`proxy: remoteurl:`) in front of the same upstream."""
 
     def __init__(self, work, remote_url, name="registry"):
@@ -456,14 +460,6 @@ proxy:
                           stderr=subprocess.STDOUT)
         wait_port(self.port)
         return self
-
-    def stop(self):
-        if self.proc:
-            stop(self.proc)
-            self.proc = None
-
-    def url(self, path):
-        return f"http://127.0.0.1:{self.port}{path}"
 
 
 # ---- clients ----------------------------------------------------------------------------------
