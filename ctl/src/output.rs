@@ -346,6 +346,13 @@ fn stats(o: &mut String, s: &Stats, st: Style) {
                 t.uncovered.join(", ")
             );
         }
+        if !t.missing_constraints.is_empty() {
+            let _ = writeln!(
+                o,
+                "{pad}the CA predates constraints for {} (run `lancachectl ca --rotate`)",
+                t.missing_constraints.join(", ")
+            );
+        }
     }
     let classes: Vec<String> = s
         .http

@@ -93,7 +93,9 @@ pub struct UpstreamConfig {
     /// An extra root CA (PEM) trusted for upstream TLS; empty for none.
     pub ca_file: PathBuf,
     /// Host name clients ask for -> base URL the cache fetches from. Order matters: a request
-    /// for any other host (the cache's own name) goes to the first one.
+    /// for any other host (the cache's own name) goes to the first one. Keys are normalised at
+    /// load (lower case, no trailing dot), and two keys that normalise alike are refused.
+    #[serde(deserialize_with = "registries")]
     pub registries: IndexMap<HostName, BaseUrl>,
 }
 
@@ -104,6 +106,8 @@ impl Default for UpstreamConfig {
             HostName("registry.ollama.ai".into()),
             BaseUrl("https://registry.ollama.ai".into()),
         );
+        // Ollama pulls `hf.co/<user>/<repo>:<quant>` from Hugging Face with the same API.
+        registries.insert(HostName("hf.co".into()), BaseUrl("https://hf.co".into()));
         UpstreamConfig {
             resolvers: vec!["1.1.1.1:53".parse().unwrap(), "9.9.9.9:53".parse().unwrap()],
             manifest_ttl: HumanDuration::secs(600),
@@ -247,7 +251,9 @@ impl Default for LogConfig {
     }
 }
 
-/// A DNS host name as written in `[upstream.registries]`: lower-cased, validated.
+/// A DNS host name as written in `[upstream.registries]`: validated, lower-cased and without
+/// its trailing dot (`"registry.ollama.ai."` is the same host as `"registry.ollama.ai"`; kept
+/// as written it would never match a request's `Host`).
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
 pub struct HostName(pub String);
 
@@ -261,9 +267,36 @@ impl<'de> Deserialize<'de> for HostName {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let s = String::deserialize(d)?;
         validate_host_name(&s)
-            .map(|()| HostName(s.to_ascii_lowercase()))
+            .map(|()| HostName(s.strip_suffix('.').unwrap_or(&s).to_ascii_lowercase()))
             .map_err(de::Error::custom)
     }
+}
+
+/// `[upstream.registries]`, in file order. Two keys naming the same host once normalised
+/// (`"hf.co"` and `"HF.co."`) are refused: silently keeping one would hide the other's URL.
+fn registries<'de, D: Deserializer<'de>>(d: D) -> Result<IndexMap<HostName, BaseUrl>, D::Error> {
+    struct Registries;
+    impl<'de> de::Visitor<'de> for Registries {
+        type Value = IndexMap<HostName, BaseUrl>;
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("a table of host name = base URL")
+        }
+        fn visit_map<A: de::MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+            let mut out = IndexMap::new();
+            while let Some((host, url)) = map.next_entry::<HostName, BaseUrl>()? {
+                if out.contains_key(&host) {
+                    return Err(de::Error::custom(format!(
+                        "host {:?} is listed twice (keys are compared in lower case without a \
+                         trailing dot)",
+                        host.as_str()
+                    )));
+                }
+                out.insert(host, url);
+            }
+            Ok(out)
+        }
+    }
+    d.deserialize_map(Registries)
 }
 
 fn validate_host_name(s: &str) -> Result<(), String> {
@@ -555,6 +588,34 @@ mod tests {
         let names: Vec<_> = c.upstream.registries.keys().map(|h| h.as_str()).collect();
         assert_eq!(names, ["b.example", "a.example"]);
         assert_eq!(c.upstream.registries[1].as_str(), "https://a.example");
+    }
+
+    /// The last stop's note: a trailing dot was kept, so the key silently never matched.
+    #[test]
+    fn registry_keys_are_normalised_and_duplicates_refused() {
+        let c = Config::parse(
+            "[upstream.registries]\n\"Registry.Ollama.AI.\" = \"https://registry.ollama.ai\"\n",
+        )
+        .unwrap();
+        let names: Vec<_> = c.upstream.registries.keys().map(|h| h.as_str()).collect();
+        assert_eq!(names, ["registry.ollama.ai"]);
+        let err = Config::parse(
+            "[upstream.registries]\n\"hf.co\" = \"https://hf.co\"\n\"HF.co.\" = \"http://127.0.0.1:1\"\n",
+        )
+        .unwrap_err();
+        assert!(
+            err.contains("upstream.registries") && err.contains("\"hf.co\" is listed twice"),
+            "{err}"
+        );
+        assert!(Config::parse("[upstream.registries]\n\"hf.co..\" = \"https://hf.co\"\n").is_err());
+    }
+
+    #[test]
+    fn default_registries_include_hf_co() {
+        let c = Config::default();
+        let names: Vec<_> = c.upstream.registries.keys().map(|h| h.as_str()).collect();
+        assert_eq!(names, ["registry.ollama.ai", "hf.co"]);
+        assert_eq!(c.upstream.registries[1].as_str(), "https://hf.co");
     }
 
     #[test]

@@ -121,4 +121,13 @@ mod tests {
         assert!(t.allowed("::ffff:10.1.2.3".parse().unwrap()));
         assert!(!t.allowed("127.0.0.1".parse().unwrap()));
     }
+
+    /// hf.co is a default registry, so intercepted; huggingface.co is only permitted by the
+    /// CA's constraints until the cache relays it (the Hugging Face issue).
+    #[test]
+    fn defaults_intercept_hf_co_not_huggingface_co() {
+        let t = Table::with_advertise(&Config::default(), None);
+        assert!(t.intercepts("registry.ollama.ai") && t.intercepts("hf.co"));
+        assert!(!t.intercepts("huggingface.co") && !t.intercepts("us.aws.cdn.hf.co"));
+    }
 }

@@ -1,5 +1,7 @@
 //! Routes every HTTP(S) request to the subsystem that owns its path. The registry API (`/v2/`)
-//! goes to the proxy; the data plane and the distribution endpoints to theirs. A `HEAD` is routed
+//! goes to the proxy; the data plane and the distribution endpoints to theirs. On a relayed
+//! host (hf.co, see `proxy::relay`) everything but the registry API goes upstream instead: that
+//! host's paths are not ours, while the cache's own endpoints stay on its own name. A `HEAD` is routed
 //! like a `GET` and its body dropped here, once, rather than in every handler.
 
 use http::{Method, Request, Response, StatusCode};
@@ -34,6 +36,12 @@ async fn dispatch(req: Request<Incoming>, peer: Peer, state: &Arc<State>) -> Res
             StatusCode::LOOP_DETECTED,
             "request loop: this request came from lancached itself",
         );
+    }
+    let path = req.uri().path();
+    if !crate::proxy::relay::is_registry_api(path) {
+        if let Some(base) = crate::proxy::relay::target(&state.config(), &req) {
+            return crate::proxy::relay::handle(req, &base, state).await;
+        }
     }
     let path = req.uri().path();
     match (req.method(), path) {

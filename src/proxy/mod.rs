@@ -7,6 +7,8 @@
 //!   fill in progress.
 //! - [`upstream`]: the client that reaches registries and CDNs (own resolvers, rustls, loop guard).
 //! - [`fetch`]: how a fill gets its bytes from a registry (the store's fill engine drives it).
+//! - [`relay`]: what a relayed host (hf.co) answers outside the registry API, passed through
+//!   to upstream unchanged, streaming both ways.
 //! - [`mapped`]: zero-copy bodies for published blobs (slices of a memory mapping).
 //!
 //! [`Proxy`] is the shared part that lives in `State`: the upstream client, the fills in flight,
@@ -17,6 +19,7 @@ pub mod fetch;
 pub mod mapped;
 pub mod prefetch;
 pub mod registry;
+pub mod relay;
 pub mod upstream;
 
 use lancache_protocol::{CacheStats, FillProgress};

@@ -160,6 +160,36 @@ impl Upstream {
     }
 }
 
+impl Upstream {
+    /// Sends a request on behalf of a client, as it is: `req`'s method, headers and streamed
+    /// body go to `url` (whose path and query replace the request's), and the answer comes back
+    /// unread, redirects included (they are for the client to follow). Unlike [`send`]
+    /// (Self::send), the client's `User-Agent` and `Accept-Encoding` are kept; only `Host` and
+    /// the loop guard are set. The caller removes hop-by-hop headers.
+    pub async fn forward<B>(
+        &self,
+        cfg: &Config,
+        url: &Uri,
+        mut req: Request<B>,
+    ) -> Result<Response<Incoming>>
+    where
+        B: hyper::body::Body + Send + 'static,
+        B::Data: Send,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
+        let setup = self.setup(cfg)?;
+        let (conn, authority) = connect(&setup, url).await?;
+        let path = url.path_and_query().map(|p| p.as_str()).unwrap_or("/");
+        *req.uri_mut() = path.parse()?;
+        // An HTTP/2 client's request is relayed as HTTP/1.1 upstream.
+        *req.version_mut() = http::Version::HTTP_11;
+        let h = req.headers_mut();
+        h.insert(header::HOST, HeaderValue::from_str(&authority)?);
+        h.insert(LOOP_HEADER, HeaderValue::from_static("1"));
+        conn.exchange(req).await.with_context(|| format!("{url}"))
+    }
+}
+
 /// Resolves `loc` (absolute, or absolute-path) against `base`.
 fn join_url(base: &Uri, loc: &str) -> Result<Uri> {
     if loc.starts_with("http://") || loc.starts_with("https://") {
@@ -182,6 +212,51 @@ async fn send_once(
     url: &Uri,
     headers: &HeaderMap,
 ) -> Result<Response<Incoming>> {
+    let (conn, authority) = connect(setup, url).await?;
+    let path = url.path_and_query().map(|p| p.as_str()).unwrap_or("/");
+    let mut req = Request::builder().method(method).uri(path);
+    for (k, v) in headers {
+        req = req.header(k, v);
+    }
+    let mut req = req.body(Empty::<Bytes>::new())?;
+    let h = req.headers_mut();
+    h.insert(header::HOST, HeaderValue::from_str(&authority)?);
+    h.insert(
+        header::USER_AGENT,
+        HeaderValue::from_static(concat!("lancached/", env!("CARGO_PKG_VERSION"))),
+    );
+    h.insert(LOOP_HEADER, HeaderValue::from_static("1"));
+    // Blobs are stored byte-exact and hashed: no content coding.
+    h.insert(
+        header::ACCEPT_ENCODING,
+        HeaderValue::from_static("identity"),
+    );
+    conn.exchange(req).await.with_context(|| format!("{url}"))
+}
+
+/// A connection to an upstream URL's host, plain or TLS.
+enum Conn {
+    Plain(TcpStream),
+    Tls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
+}
+
+impl Conn {
+    async fn exchange<B>(self, req: Request<B>) -> Result<Response<Incoming>>
+    where
+        B: hyper::body::Body + Send + 'static,
+        B::Data: Send,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
+        match self {
+            Conn::Plain(s) => exchange(s, req).await,
+            Conn::Tls(t) => exchange(*t, req).await,
+        }
+    }
+}
+
+/// Resolves the URL's host through the upstream resolvers (never the system's, see the module
+/// note), connects, and does the TLS handshake for https. Returns the `Host` header to send.
+async fn connect(setup: &Setup, url: &Uri) -> Result<(Conn, String)> {
     let https = match url.scheme_str() {
         Some("https") => true,
         Some("http") => false,
@@ -224,42 +299,24 @@ async fn send_once(
         Some(p) => format!("{host}:{p}"),
         None => host.to_string(),
     };
-    let path = url.path_and_query().map(|p| p.as_str()).unwrap_or("/");
-    let mut req = Request::builder().method(method).uri(path);
-    for (k, v) in headers {
-        req = req.header(k, v);
+    if !https {
+        return Ok((Conn::Plain(stream), authority));
     }
-    let mut req = req.body(Empty::<Bytes>::new())?;
-    let h = req.headers_mut();
-    h.insert(header::HOST, HeaderValue::from_str(&authority)?);
-    h.insert(
-        header::USER_AGENT,
-        HeaderValue::from_static(concat!("lancached/", env!("CARGO_PKG_VERSION"))),
-    );
-    h.insert(LOOP_HEADER, HeaderValue::from_static("1"));
-    // Blobs are stored byte-exact and hashed: no content coding.
-    h.insert(
-        header::ACCEPT_ENCODING,
-        HeaderValue::from_static("identity"),
-    );
-
-    if https {
-        let name = pki_types::ServerName::try_from(bare.to_string())
-            .map_err(|e| anyhow!("bad TLS server name {bare}: {e}"))?;
-        let tls = tokio_rustls::TlsConnector::from(setup.tls.clone())
-            .connect(name, stream)
-            .await
-            .with_context(|| format!("TLS handshake with {authority}"))?;
-        exchange(tls, req).await
-    } else {
-        exchange(stream, req).await
-    }
-    .with_context(|| format!("{url}"))
+    let name = pki_types::ServerName::try_from(bare.to_string())
+        .map_err(|e| anyhow!("bad TLS server name {bare}: {e}"))?;
+    let tls = tokio_rustls::TlsConnector::from(setup.tls.clone())
+        .connect(name, stream)
+        .await
+        .with_context(|| format!("TLS handshake with {authority}"))?;
+    Ok((Conn::Tls(Box::new(tls)), authority))
 }
 
-async fn exchange<IO>(io: IO, req: Request<Empty<Bytes>>) -> Result<Response<Incoming>>
+async fn exchange<IO, B>(io: IO, req: Request<B>) -> Result<Response<Incoming>>
 where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    B: hyper::body::Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
     let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(io)).await?;
     tokio::spawn(async move {

@@ -6,7 +6,9 @@
 //! After issuing, every leaf is verified against the CA certificate with webpki, the way a client
 //! would. That catches a `ca.key` that does not belong to `ca.crt` (fatal) and names that the CA's
 //! name constraints do not cover (served anyway, loudly logged: clients will reject them until
-//! the CA is rotated).
+//! the CA is rotated). The reserved subtrees (names a new CA permits before they are
+//! intercepted, see `names`) are probed the same way with a throwaway leaf, so a CA made by an
+//! older release is reported before the day those names are served.
 
 use anyhow::{anyhow, bail, Result};
 use rcgen::{
@@ -47,6 +49,8 @@ pub struct Leaves {
     pub not_after: OffsetDateTime,
     /// Names the CA's name constraints reject (clients will refuse them).
     pub uncovered: Vec<String>,
+    /// Reserved subtrees the CA's name constraints do not permit (a CA older than them).
+    pub missing_constraints: Vec<String>,
 }
 
 impl Leaves {
@@ -71,6 +75,7 @@ impl Leaves {
             not_before: now - Duration::hours(1),
             not_after: now + LEAF_LIFETIME,
             uncovered: Vec::new(),
+            missing_constraints: Vec::new(),
         };
         let anchor = webpki::anchor_from_trusted_cert(&leaves.ca.der)
             .map_err(|e| anyhow!("the CA certificate cannot be used as a trust anchor: {e}"))?
@@ -98,6 +103,14 @@ impl Leaves {
                 }
             }
             leaves.by_ip = Some(leaves.certified(der));
+        }
+        for subtree in &names.reserved {
+            // The subtree's own name and one below it: a CDN host must be permitted too.
+            let probe = format!("lancache-probe.{subtree}");
+            let der = leaves.sign(vec![subtree.clone(), probe.clone()], vec![])?;
+            if !leaves.check(&anchor, &der, &probe, subtree)? {
+                leaves.missing_constraints.push(subtree.clone());
+            }
         }
         leaves.names = names;
         Ok(leaves)
@@ -218,7 +231,7 @@ mod tests {
     fn names(list: &[&str]) -> NameSet {
         NameSet {
             dns: list.iter().map(|s| s.to_string()).collect(),
-            ips: Default::default(),
+            ..Default::default()
         }
     }
 
@@ -243,6 +256,42 @@ mod tests {
         let free = Arc::new(Ca::load_or_create(tmp2.path(), &set, false).unwrap());
         let leaves = Leaves::issue(free, names(&["hf.co"])).unwrap();
         assert!(leaves.uncovered.is_empty());
+    }
+
+    /// A CA made before the hub subtrees existed is reported (and not its served names); one
+    /// made with them permits their CDN hosts too.
+    #[test]
+    fn reserved_subtrees_are_probed() {
+        let tmp = tempfile::tempdir().unwrap();
+        let old = names(&["registry.ollama.ai"]);
+        let old_ca = Arc::new(Ca::load_or_create(tmp.path(), &old, true).unwrap());
+        let mut today = old.clone();
+        today.reserved = ["hf.co", "huggingface.co"].map(String::from).into();
+        let leaves = Leaves::issue(old_ca, today.clone()).unwrap();
+        assert!(leaves.uncovered.is_empty());
+        assert_eq!(leaves.missing_constraints, ["hf.co", "huggingface.co"]);
+        let tmp2 = tempfile::tempdir().unwrap();
+        let new_ca = Arc::new(Ca::generate(tmp2.path(), &today, true).unwrap());
+        let leaves = Leaves::issue(new_ca.clone(), today.clone()).unwrap();
+        assert!(leaves.missing_constraints.is_empty());
+        assert!(
+            leaves.find(Some("huggingface.co")).is_none(),
+            "permitted, not served"
+        );
+        // The CDN names the Hugging Face issue will meet, checked the way a client would.
+        let anchor = webpki::anchor_from_trusted_cert(&new_ca.der).unwrap();
+        for cdn in [
+            "us.aws.cdn.hf.co",
+            "cas-bridge.xethub.hf.co",
+            "cdn-lfs.huggingface.co",
+        ] {
+            let der = leaves.sign(vec![cdn.to_string()], vec![]).unwrap();
+            assert!(leaves.check(&anchor, &der, cdn, cdn).unwrap(), "{cdn}");
+        }
+        let der = leaves.sign(vec!["evil.example".into()], vec![]).unwrap();
+        assert!(!leaves
+            .check(&anchor, &der, "evil.example", "evil.example")
+            .unwrap());
     }
 
     #[test]

@@ -3,6 +3,12 @@
 //! address (`[http] public_url`, `[dns] advertise`). The same set decides the leaf certificates
 //! and, when a CA is created, its X.509 name constraints — so the two can never disagree about
 //! what "intercepted" means.
+//!
+//! The constraints also permit [`HUB_SUBTREES`] (Hugging Face: `hf.co`, `huggingface.co` and
+//! everything below them, which covers their CDNs), whether or not they are intercepted yet.
+//! Permitting a name is not intercepting it: DNS and the leaves still follow the configuration.
+//! Rotating the CA is an every-client event, so it is done once for the names the cache is
+//! going to serve, not again each time one of them starts being intercepted.
 
 use std::collections::BTreeSet;
 use std::net::IpAddr;
@@ -16,7 +22,15 @@ pub struct NameSet {
     pub dns: BTreeSet<String>,
     /// The cache's own addresses (clients that connect by IP send no SNI).
     pub ips: BTreeSet<IpAddr>,
+    /// DNS subtrees the CA's constraints permit beyond `dns` (no leaves are issued for them).
+    pub reserved: BTreeSet<String>,
 }
+
+/// Name-constraint subtrees every new CA permits: Hugging Face's API and short-link domain
+/// (`hf.co`, also `us.aws.cdn.hf.co`, `cas-bridge.xethub.hf.co`, `cdn-lfs.hf.co`) and its
+/// website and hub (`huggingface.co`, also `cdn-lfs.huggingface.co`). An RFC 5280 dNSName
+/// subtree covers the name and every name below it, so two entries cover all of these.
+pub const HUB_SUBTREES: [&str; 2] = ["hf.co", "huggingface.co"];
 
 impl NameSet {
     pub fn from_config(config: &Config) -> NameSet {
@@ -43,15 +57,18 @@ impl NameSet {
             }
         }
         set.ips.extend(config.dns.advertise.iter().copied());
+        set.reserved = HUB_SUBTREES.iter().map(|s| s.to_string()).collect();
         set
     }
 
     /// The subtree a DNS name constraint needs for `name`: a pattern's suffix, else the name
-    /// itself (an RFC 5280 dNSName constraint covers the name and everything below it).
+    /// itself (an RFC 5280 dNSName constraint covers the name and everything below it); plus
+    /// the reserved subtrees.
     pub fn constraint_subtrees(&self) -> BTreeSet<String> {
         self.dns
             .iter()
             .map(|n| n.strip_prefix("*.").unwrap_or(n).to_string())
+            .chain(self.reserved.iter().cloned())
             .collect()
     }
 
@@ -110,7 +127,11 @@ mod tests {
             ]
         );
         assert_eq!(n.ips.len(), 1);
-        assert!(n.constraint_subtrees().contains("r2.cloudflarestorage.com"));
+        let subtrees = n.constraint_subtrees();
+        assert!(subtrees.contains("r2.cloudflarestorage.com"));
+        // Permitted for the Hugging Face issue, but neither intercepted nor given a leaf.
+        assert!(subtrees.contains("huggingface.co") && subtrees.contains("hf.co"));
+        assert!(!n.dns.contains("huggingface.co"));
         let ip = Config::parse("[http]\npublic_url = \"https://[fd00::1]\"\n").unwrap();
         assert!(NameSet::from_config(&ip)
             .ips

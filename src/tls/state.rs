@@ -129,6 +129,16 @@ impl TlsState {
                  or set `[tls] name_constraints = false` before rotating"
             );
         }
+        if !leaves.missing_constraints.is_empty() {
+            tracing::warn!(
+                missing = ?leaves.missing_constraints,
+                ca = %leaves.ca.cert_path().display(),
+                "the cache's CA was made before its name constraints permitted {}: names below \
+                 them cannot be served over HTTPS with this CA. Fix: `lancachectl ca --rotate`, \
+                 then re-trust the new CA on every client (/setup.sh); see docs/tls.md, \"Upgrading\"",
+                leaves.missing_constraints.join(", ")
+            );
+        }
         self.leaves.store(Some(Arc::new(leaves)));
     }
 
@@ -158,7 +168,13 @@ impl TlsState {
             leaf_not_after: leaves
                 .as_ref()
                 .map(|l| l.not_after.unix_timestamp().max(0) as u64),
-            uncovered: leaves.map(|l| l.uncovered.clone()).unwrap_or_default(),
+            uncovered: leaves
+                .as_ref()
+                .map(|l| l.uncovered.clone())
+                .unwrap_or_default(),
+            missing_constraints: leaves
+                .map(|l| l.missing_constraints.clone())
+                .unwrap_or_default(),
         }
     }
 }
@@ -187,9 +203,9 @@ mod tests {
         assert!(!Arc::ptr_eq(&first, &renewed));
         assert!(Arc::ptr_eq(&first.ca, &renewed.ca), "same CA");
         // A new name: re-issued, and reported as outside the CA's constraints.
-        config.dns.intercept = vec![crate::config::NamePattern("hf.co".into())];
+        config.dns.intercept = vec![crate::config::NamePattern("models.example".into())];
         assert!(tls.refresh_at(&config, now).unwrap());
-        assert_eq!(tls.stats().uncovered, vec!["hf.co".to_string()]);
+        assert_eq!(tls.stats().uncovered, vec!["models.example".to_string()]);
         // Rotation constrains the new CA to today's names and replaces the leaves at once.
         let old_ca = tls.ca(&config).unwrap();
         let new_ca = tls.rotate(&config).unwrap();

@@ -234,6 +234,10 @@ pub struct TlsStats {
     pub leaf_not_after: Option<u64>,
     /// Names the CA's name constraints do not cover (clients reject them until rotation).
     pub uncovered: Vec<String>,
+    /// Subtrees this release's CAs permit that the CA in use does not (a CA made by an older
+    /// release; `lancachectl ca --rotate` fixes it). Empty when the daemon predates the field.
+    #[serde(default)]
+    pub missing_constraints: Vec<String>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
