@@ -11,6 +11,7 @@ mod distribution;
 mod dns;
 mod faults;
 mod harness;
+mod hfco;
 mod hostile;
 mod lifecycle;
 mod lifecycle_cache;

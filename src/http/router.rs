@@ -1,8 +1,9 @@
 //! Routes every HTTP(S) request to the subsystem that owns its path. The registry API (`/v2/`)
 //! goes to the proxy; the data plane and the distribution endpoints to theirs. On a relayed
-//! host (hf.co, see `proxy::relay`) everything but the registry API goes upstream instead: that
-//! host's paths are not ours, while the cache's own endpoints stay on its own name. A `HEAD` is routed
-//! like a `GET` and its body dropped here, once, rather than in every handler.
+//! host (hf.co, see `proxy::relay`) everything but the registry API and blobs goes upstream
+//! instead: that host's paths are not ours, while the cache's own endpoints stay on its own
+//! name. A `HEAD` is routed like a `GET` and its body dropped here, once, rather than in every
+//! handler.
 
 use http::{Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
@@ -38,7 +39,7 @@ async fn dispatch(req: Request<Incoming>, peer: Peer, state: &Arc<State>) -> Res
         );
     }
     let path = req.uri().path();
-    if !crate::proxy::relay::is_registry_api(path) {
+    if !crate::proxy::relay::stays_with_cache(path) {
         if let Some(base) = crate::proxy::relay::target(&state.config(), &req) {
             return crate::proxy::relay::handle(req, &base, state).await;
         }

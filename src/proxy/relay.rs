@@ -35,9 +35,11 @@ use crate::state::State;
 /// the cache's own name keeps its own endpoints (`/health`, `/api/models`, the web UI).
 pub const RELAYED_HOSTS: &[&str] = &["hf.co"];
 
-/// Whether a path belongs to the registry API (which the cache serves itself).
-pub fn is_registry_api(path: &str) -> bool {
-    path == "/v2" || path.starts_with("/v2/")
+/// Whether a path on a relayed host is the cache's own: the registry API, and the data plane's
+/// `/blobs/sha256:…` (a blob answer may name it on the host the client asked for). Neither can
+/// be a Hugging Face link: `/v2` is no user, and no repository name holds a `:`.
+pub fn stays_with_cache(path: &str) -> bool {
+    path == "/v2" || path.starts_with("/v2/") || path.starts_with("/blobs/sha256:")
 }
 
 /// The base URL to relay `req` to: its host is a relayed host configured in
@@ -185,9 +187,18 @@ mod tests {
     }
 
     #[test]
-    fn only_the_registry_api_stays_with_the_cache() {
-        assert!(is_registry_api("/v2") && is_registry_api("/v2/library/x/manifests/latest"));
-        assert!(!is_registry_api("/v2x") && !is_registry_api("/bartowski/Llama-3.2-1B"));
-        assert!(!is_registry_api("/"));
+    fn only_the_registry_api_and_blobs_stay_with_the_cache() {
+        assert!(stays_with_cache("/v2") && stays_with_cache("/v2/library/x/manifests/latest"));
+        assert!(stays_with_cache("/blobs/sha256:00"));
+        for relayed in [
+            "/v2x",
+            "/bartowski/Llama-3.2-1B",
+            "/",
+            "/blobs",
+            "/health",
+            "/api/models",
+        ] {
+            assert!(!stays_with_cache(relayed), "{relayed}");
+        }
     }
 }

@@ -3,6 +3,8 @@
 #![allow(dead_code)]
 
 pub mod daemon;
+pub mod echo;
+pub mod hop;
 pub mod models;
 pub mod netns;
 pub mod ollama;

@@ -7,6 +7,10 @@
 //! responses that reach the offset; 5xx, 404 and 401 with `WWW-Authenticate`. Byte and request
 //! counters (in all and per blob) tell how much the cache fetched.
 //!
+//! [`FakeUpstream::redirect_blobs_via`] sends the registry's blob redirect to another host
+//! first (as hf.co sends clients to huggingface.co, which then sends them to its CDN); see
+//! `hop`.
+//!
 //! Plain threads and blocking sockets: nothing here shares code with the daemon under test.
 
 use std::collections::HashMap;
@@ -94,6 +98,8 @@ struct Shared {
     last_accept: Mutex<Option<String>>,
     stop: AtomicBool,
     cdn: SocketAddr,
+    /// Base URL the registry's blob redirects go to instead of the CDN.
+    via: Mutex<Option<String>>,
 }
 
 pub struct FakeUpstream {
@@ -131,6 +137,7 @@ impl FakeUpstream {
             last_accept: Mutex::new(None),
             stop: AtomicBool::new(false),
             cdn: cdn.local_addr().unwrap(),
+            via: Mutex::new(None),
         });
         let up = FakeUpstream {
             registry: reg.local_addr().unwrap(),
@@ -285,6 +292,23 @@ impl FakeUpstream {
     pub fn last_accept(&self) -> Option<String> {
         self.shared.last_accept.lock().unwrap().clone()
     }
+
+    /// Blob requests redirect (307) to `{base}/v2/<name>/blobs/<digest>?__sign=…` instead of
+    /// the CDN: a middle hop (see `hop`) is then expected to send them on to [`cdn_url`].
+    pub fn redirect_blobs_via(&self, base: &str) {
+        *self.shared.via.lock().unwrap() = Some(base.to_string());
+    }
+
+    /// The presigned CDN URL of a blob (`sha256:<hex>`), as the registry's redirect names it.
+    pub fn cdn_url(&self, digest: &str) -> String {
+        cdn_url(self.cdn, digest.trim_start_matches("sha256:"))
+    }
+}
+
+fn cdn_url(cdn: SocketAddr, hex: &str) -> String {
+    format!(
+        "http://{cdn}/cdn/{hex}?X-Amz-Algorithm=AWS4-HMAC-SHA256&X-Amz-Expires=1200&X-Amz-Signature=0f{hex}"
+    )
 }
 
 impl Drop for FakeUpstream {
@@ -412,10 +436,10 @@ fn serve(mut conn: TcpStream, s: &Shared, is_cdn: bool) -> std::io::Result<()> {
                     );
                 }
                 let hex = reference.trim_start_matches("sha256:");
-                let loc = format!(
-                    "http://{}/cdn/{hex}?X-Amz-Algorithm=AWS4-HMAC-SHA256&X-Amz-Expires=1200&X-Amz-Signature=0f{hex}",
-                    s.cdn
-                );
+                let loc = match &*s.via.lock().unwrap() {
+                    Some(via) => format!("{via}/v2/{name}/blobs/{reference}?__sign=s{hex}"),
+                    None => cdn_url(s.cdn, hex),
+                };
                 return respond(&mut conn, 307, &[("Location", loc)], b"");
             }
             _ => {}
