@@ -2,7 +2,9 @@
 //! - an unknown key, a bad value and an unreadable file each fail with a message naming the
 //!   file, the key and the line, and a non-zero exit status (78, EX_CONFIG);
 //! - `--check-config` exits 0 on a valid file without binding anything;
-//! - `--print-default-config` prints a file that itself checks clean.
+//! - `--print-default-config` prints a file that itself checks clean;
+//! - an `[upstream.registries]` key with a trailing dot is the same host without it; two keys
+//!   naming one host that way are refused, naming the key.
 
 use std::process::Command;
 
@@ -93,4 +95,19 @@ fn default_config_is_valid() {
         .unwrap();
     let (ok, msg) = check(&String::from_utf8_lossy(&out.stdout));
     assert!(ok, "{msg}");
+}
+
+#[test]
+fn registry_key_with_a_trailing_dot() {
+    let (ok, out) =
+        check("[upstream.registries]\n\"registry.ollama.ai.\" = \"https://registry.ollama.ai\"\n");
+    assert!(ok, "{out}");
+    let (ok, out) = check(
+        "[upstream.registries]\n\"hf.co\" = \"https://hf.co\"\n\"hf.co.\" = \"http://127.0.0.1:1\"\n",
+    );
+    assert!(!ok);
+    assert!(
+        out.contains("upstream.registries") && out.contains("\"hf.co\" is listed twice"),
+        "{out}"
+    );
 }

@@ -20,7 +20,8 @@
 //!   `lancachectl ca --rotate` makes a CA that permits them, and HTTPS on hf.co then verifies.
 //! - With the real ollama 0.5.4 (when installed and network namespaces are available),
 //!   `ollama pull --insecure hf.co/bartowski/Llama-3.2-1B-Instruct-GGUF:Q4_K_M` through the
-//!   cache succeeds and `ollama list` shows it.
+//!   cache succeeds, `ollama list` shows it, and the client and the cache both keep the case on
+//!   disk (`manifests/hf.co/bartowski/Llama-3.2-1B-Instruct-GGUF/Q4_K_M`).
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -447,4 +448,69 @@ fn old_ca_is_reported_and_rotation_fixes_it() {
     )
     .unwrap();
     assert!(leaves.missing_constraints.is_empty(), "{pem}");
+}
+
+#[test]
+fn real_ollama_pulls_an_upper_case_hf_co_name() {
+    if !require_program("ip") || !crate::util::require_ollama() {
+        return;
+    }
+    let ns = crate::util::netns::NetNs::new(&[("127.0.0.1", "hf.co")]);
+    ns.set_resolver("127.0.0.1");
+    std::thread::spawn(move || {
+        ns.enter();
+        let up = FakeUpstream::start();
+        let manifest = up.add_model(REPO, QUANT, &[&blob_bytes(2 << 20, 9)]);
+        let d = Daemon::builder()
+            .activate(Activate::none())
+            .config(&format!(
+                "[upstream]\nresolvers = []\n[upstream.registries]\n\"registry.ollama.ai\" = \"http://127.0.0.1:9\"\n\"hf.co\" = \"{}\"\n[http]\nlisten = [\"127.0.0.1:80\"]\n",
+                up.url()
+            ))
+            .start();
+        let home = tempfile::tempdir().unwrap();
+        let models = home.path().join("models");
+        std::fs::create_dir_all(&models).unwrap();
+        let o = crate::util::ollama::Ollama::serve(&models, 11434, Some(&ns), &[]);
+        let name = format!("hf.co/{REPO}:{QUANT}");
+        let out = o.cli(&["pull", "--insecure", &name]);
+        assert!(
+            out.status.success(),
+            "ollama pull failed: {}\n{}\nserve log:\n{}\ndaemon:\n{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr),
+            o.log(),
+            d.stderr()
+        );
+        let list = o.list();
+        let id = &digest(&manifest)[7..19];
+        assert!(list.iter().any(|(_, i)| i == id), "{list:?}");
+        // What the real client did with the case, next to what the cache did.
+        let written: Vec<String> = walk(&models.join("manifests"));
+        let cached: Vec<String> = walk(&d.cache_dir.join("manifests"));
+        // 0.5.4 keeps the case on disk; so does the cache (both are Ollama models directories).
+        assert_eq!(written, ["hf.co/bartowski/Llama-3.2-1B-Instruct-GGUF/Q4_K_M"]);
+        assert_eq!(cached, written);
+        assert!(list.iter().any(|(n, _)| *n == name), "{list:?}");
+    })
+    .join()
+    .unwrap();
+}
+
+/// Files below `dir`, as relative paths.
+fn walk(dir: &std::path::Path) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut todo = vec![dir.to_path_buf()];
+    while let Some(d) = todo.pop() {
+        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            if e.file_type().unwrap().is_dir() {
+                todo.push(e.path());
+            } else {
+                let rel = e.path().strip_prefix(dir).unwrap().display().to_string();
+                out.push(rel);
+            }
+        }
+    }
+    out.sort();
+    out
 }
