@@ -9,8 +9,8 @@
 //!   (`/health` over `https://registry.ollama.ai:PORT`);
 //! - an unknown SNI gets a handshake alert (RFC 8446 §6) and is counted; a client without the
 //!   CA fails verification (we never weaken TLS);
-//! - a reload that adds `[dns] intercept = ["hf.co"]` re-issues leaves: the handshake for hf.co
-//!   works; a name-constrained CA does not cover it until rotation (curl refuses), an
+//! - a reload that adds `[dns] intercept = ["models.example"]` re-issues leaves: the handshake
+//!   for it works; a name-constrained CA does not cover it until rotation (curl refuses), an
 //!   unconstrained one (`name_constraints = false`) does at once;
 //! - `/ca.crt` equals `lancachectl ca`; `/setup.sh` is filled with the cache's URL and the CA
 //!   fingerprint, passes `sh -n` and shellcheck, installs the CA into a fake root idempotently
@@ -325,20 +325,28 @@ fn reload_adds_names_and_constraints_follow_rotation() {
         return;
     }
     let d = https_daemon("");
-    assert!(!s_client(&d, "hf.co").0, "hf.co is not intercepted yet");
-    d.write_config("[dns]\nintercept = [\"hf.co\"]\n");
+    assert!(
+        !s_client(&d, "models.example").0,
+        "models.example is not intercepted yet"
+    );
+    d.write_config("[dns]\nintercept = [\"models.example\"]\n");
     assert_eq!(d.ctl_json(&["reload"])["response"], "reloaded");
-    wait_for("a leaf for hf.co", || s_client(&d, "hf.co").0);
-    assert!(leaf_text(&d, "hf.co").contains("DNS:hf.co"));
-    // The CA was constrained to the names it was made for: clients refuse hf.co...
-    let refused = curl_https(&d, "hf.co", Some(&ca_path(&d)), &[]);
+    wait_for("a leaf for models.example", || {
+        s_client(&d, "models.example").0
+    });
+    assert!(leaf_text(&d, "models.example").contains("DNS:models.example"));
+    // The CA was constrained to the names it was made for: clients refuse models.example...
+    let refused = curl_https(&d, "models.example", Some(&ca_path(&d)), &[]);
     assert_eq!(refused.status.code(), Some(60), "{}", text(&refused));
     let stats = d.ctl_json(&["stats"]);
-    assert_eq!(stats["tls"]["uncovered"], serde_json::json!(["hf.co"]));
+    assert_eq!(
+        stats["tls"]["uncovered"],
+        serde_json::json!(["models.example"])
+    );
     assert!(d.stderr().contains("do not cover these names"));
     // ...until the CA is rotated, which constrains the new CA to today's names.
     d.ctl_json(&["ca", "--rotate"]);
-    for name in ["hf.co", "registry.ollama.ai"] {
+    for name in ["models.example", "registry.ollama.ai"] {
         let ok = curl_https(&d, name, Some(&ca_path(&d)), &[]);
         assert!(ok.status.success(), "{name}: {}", text(&ok));
     }
@@ -356,10 +364,12 @@ fn unconstrained_ca_covers_names_added_later() {
     let d = https_daemon("[tls]\nname_constraints = false\n");
     let ca = x509_text(&std::fs::read_to_string(ca_path(&d)).unwrap());
     assert!(!ca.contains("Name Constraints"), "{ca}");
-    d.write_config("[dns]\nintercept = [\"hf.co\"]\n");
+    d.write_config("[dns]\nintercept = [\"models.example\"]\n");
     d.ctl_json(&["reload"]);
-    wait_for("a leaf for hf.co", || s_client(&d, "hf.co").0);
-    let ok = curl_https(&d, "hf.co", Some(&ca_path(&d)), &["--http2"]);
+    wait_for("a leaf for models.example", || {
+        s_client(&d, "models.example").0
+    });
+    let ok = curl_https(&d, "models.example", Some(&ca_path(&d)), &["--http2"]);
     assert!(ok.status.success(), "{}", text(&ok));
 }
 
