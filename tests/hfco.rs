@@ -10,14 +10,16 @@
 //!   arrive before upstream has sent the rest). Upstream down is a 502. The cache's own
 //!   endpoints on its own name and other registry hosts are unaffected.
 //! - A fill on hf.co follows hf.co → "huggingface.co" → CDN (307 then 302, three loopback
-//!   hosts) upstream-side, and costs upstream exactly the model's bytes.
+//!   hosts) upstream-side, and costs upstream exactly the model's bytes; with the hosts named
+//!   `hf.co` and `huggingface.co`, the names are resolved through `[upstream] resolvers`.
 //! - Upper-case names (`bartowski/Llama-3.2-1B-Instruct-GGUF:Q4_K_M`) pull through a direct
 //!   registry request with the case kept upstream and on disk, and are listed by `/api/models`
 //!   and `lancachectl models`; the `[upstream.registries]` key here has a trailing dot
 //!   (`"hf.co."`), which matches.
 //! - A CA made before hf.co and huggingface.co were in the constraints is reported at start (a
 //!   WARN naming them and `lancachectl ca --rotate`, and `stats`' `tls.missing_constraints`);
-//!   `lancachectl ca --rotate` makes a CA that permits them, and HTTPS on hf.co then verifies.
+//!   `lancachectl ca --rotate` makes a CA that permits them, and HTTPS on hf.co then verifies;
+//!   the relay works over HTTPS with HTTP/2 too (the authority instead of `Host`).
 //! - With the real ollama 0.5.4 (when installed and network namespaces are available),
 //!   `ollama pull --insecure hf.co/bartowski/Llama-3.2-1B-Instruct-GGUF:Q4_K_M` through the
 //!   cache succeeds, `ollama list` shows it, and the client and the cache both keep the case on
@@ -276,22 +278,54 @@ fn blobs_of(manifest: &[u8]) -> Vec<String> {
 fn fills_follow_hf_co_to_huggingface_co_to_the_cdn() {
     // hf.co on 127.0.0.1 (the fake registry), "huggingface.co" on 127.0.0.3 (the hop), the CDN
     // on 127.0.0.2 (the fake's).
+    walk_the_chain("127.0.0.3", |_, _| None);
+}
+
+#[test]
+fn the_chain_s_names_resolve_through_upstream_resolvers() {
+    // The same chain named `hf.co` and `huggingface.co`, which only the configured resolver
+    // (a responder of the test's own, answering 127.0.0.1) knows here: the system resolver is
+    // never asked, so the names cannot reach the real hosts.
+    let (dns, queries) = crate::util::tls_upstream::dns_responder();
+    walk_the_chain("127.0.0.1", move |up, hop| {
+        Some((
+            format!("resolvers = [\"{dns}\"]"),
+            format!("http://hf.co:{}", up.port()),
+            format!("http://huggingface.co:{}", hop.port()),
+        ))
+    });
+    assert!(queries.load(std::sync::atomic::Ordering::SeqCst) >= 2);
+}
+
+/// Pulls a model from a fake hf.co whose blob redirects go through a middle hop on `hop_ip`
+/// (302, as huggingface.co answers) to the CDN. `named` may give the `[upstream]` resolvers line,
+/// the registry's base URL and the hop's base URL, from the fake's and the hop's addresses.
+fn walk_the_chain(
+    hop_ip: &str,
+    named: impl FnOnce(SocketAddr, SocketAddr) -> Option<(String, String, String)>,
+) {
     let up = std::sync::Arc::new(FakeUpstream::start());
     let cdn = up.clone();
-    let hop = Hop::start("127.0.0.3", 302, move |target| {
+    let hop = Hop::start(hop_ip, 302, move |target| {
         let (path, query) = target.split_once('?')?;
         query.starts_with("__sign=").then_some(())?;
         let digest = path.rsplit('/').next()?;
         Some(cdn.cdn_url(digest))
     });
-    up.redirect_blobs_via(&hop.url());
+    let (resolvers, base, via) =
+        named(up.registry, hop.addr).unwrap_or(("resolvers = []".into(), up.url(), hop.url()));
+    up.redirect_blobs_via(&via);
     let layers = [blob_bytes(3 << 20, 1), blob_bytes(700_000, 2)];
     let manifest = up.add_model(REPO, QUANT, &[&layers[0], &layers[1]]);
-    let d = daemon("http://127.0.0.1:9", "hf.co", &up.url(), "");
+    let d = Daemon::builder()
+        .config(&format!(
+            "[upstream]\n{resolvers}\n[upstream.registries]\n\"registry.ollama.ai\" = \"http://127.0.0.1:9\"\n\"hf.co\" = \"{base}\"\n[cache]\nslice_size = \"1MiB\"\n"
+        ))
+        .start();
     let http = d.http.unwrap();
 
     let m = raw_get(http, "hf.co", &format!("/v2/{REPO}/manifests/{QUANT}"), &[]);
-    assert_eq!(m.status, 200);
+    assert_eq!(m.status, 200, "{}", String::from_utf8_lossy(&m.body));
     assert_eq!(m.body, manifest);
     for digest in blobs_of(&manifest) {
         let bytes = registry_blob(&d, "hf.co", REPO, &digest);
@@ -334,15 +368,27 @@ fn upper_case_names_pull_and_list() {
     assert_eq!(up.manifest_requests(), asked);
 
     let name = format!("hf.co/{REPO}:{QUANT}");
-    let (_, _, list) = crate::util::models::raw_get(http, "/api/models", "");
-    let list: serde_json::Value = serde_json::from_slice(&list).unwrap();
-    let entry = list
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|m| m["short_name"] == name.as_str())
-        .unwrap_or_else(|| panic!("{name} missing from {list}"));
-    assert_eq!(entry["complete"], true);
+    // The last blob is published (renamed into `blobs/`) just after its last byte is served.
+    let t = Instant::now();
+    loop {
+        let (_, _, list) = crate::util::models::raw_get(http, "/api/models", "");
+        let list: serde_json::Value = serde_json::from_slice(&list).unwrap();
+        let entry = list
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|m| m["short_name"] == name.as_str())
+            .cloned()
+            .unwrap_or_else(|| panic!("{name} missing from {list}"));
+        if entry["complete"] == true {
+            break;
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(10),
+            "never complete: {entry}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
     let models = d.ctl_json(&["models"]);
     assert!(
         models["models"]
@@ -380,6 +426,7 @@ fn old_ca_is_reported_and_rotation_fixes_it() {
     };
     let old_ca = Ca::generate(&tmp.path().join("ca"), &old, true).unwrap();
     let up = FakeUpstream::start();
+    let echo = Echo::start();
     let d = Daemon::builder()
         .dir(tmp)
         .activate(Activate {
@@ -387,8 +434,9 @@ fn old_ca_is_reported_and_rotation_fixes_it() {
             ..Default::default()
         })
         .config(&format!(
-            "[upstream]\nresolvers = []\n[upstream.registries]\n\"registry.ollama.ai\" = \"{u}\"\n\"hf.co\" = \"{u}\"\n",
-            u = up.url()
+            "[upstream]\nresolvers = []\n[upstream.registries]\n\"registry.ollama.ai\" = \"{}\"\n\"hf.co\" = \"{}\"\n",
+            up.url(),
+            echo.url()
         ))
         .start();
     let stderr = d.stderr();
@@ -407,16 +455,19 @@ fn old_ca_is_reported_and_rotation_fixes_it() {
     assert_eq!(tls["uncovered"], serde_json::json!(["hf.co"]));
     let human = String::from_utf8_lossy(&d.ctl(&["stats"]).stdout).to_string();
     assert!(human.contains("ca --rotate"), "{human}");
-    let curl = |name: &str| {
+    let port = d.https.unwrap().port();
+    let curl_path = |name: &str, path: &str, extra: &[&str]| {
         std::process::Command::new("curl")
             .args(["-sS", "--max-time", "10", "--resolve"])
-            .arg(format!("{name}:{}:127.0.0.1", d.https.unwrap().port()))
+            .arg(format!("{name}:{port}:127.0.0.1"))
             .arg("--cacert")
             .arg(d.dir.join("ca/ca.crt"))
-            .arg(format!("https://{name}:{}/v2/", d.https.unwrap().port()))
+            .args(extra)
+            .arg(format!("https://{name}:{port}{path}"))
             .output()
             .unwrap()
     };
+    let curl = |name: &str| curl_path(name, "/v2/", &[]);
     assert_eq!(
         curl("hf.co").status.code(),
         Some(60),
@@ -435,6 +486,21 @@ fn old_ca_is_reported_and_rotation_fixes_it() {
             String::from_utf8_lossy(&out.stderr)
         );
     }
+    // Over HTTPS and HTTP/2 (no Host header, only the authority) the relay works the same.
+    let out = curl_path(
+        "hf.co",
+        "/bartowski/Llama-3.2-1B-Instruct-GGUF?via=h2",
+        &["--http2", "-H", "Authorization: Bearer hf_x"],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let seen = echo.last();
+    assert_eq!(seen.target, "/bartowski/Llama-3.2-1B-Instruct-GGUF?via=h2");
+    assert_eq!(seen.header("authorization"), Some("Bearer hf_x"));
+    assert_eq!(seen.header("te"), None);
     // The new CA permits what the Hugging Face issue will serve, leaves or not.
     let pem = std::fs::read_to_string(d.dir.join("ca/ca.crt")).unwrap();
     let fresh = NameSet {
