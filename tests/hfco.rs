@@ -7,7 +7,8 @@
 //!   (`Authorization`, `Cookie`, `User-Agent`) kept, hop-by-hop ones dropped, the loop guard
 //!   added; request bodies (sized and chunked) and answers arrive intact; a redirect comes back
 //!   as it is (not followed); `Set-Cookie` comes back. The answer streams (its first bytes
-//!   arrive before upstream has sent the rest). Upstream down is a 502. The cache's own
+//!   arrive before upstream has sent the rest). Upstream down is a 502; a base URL that leads
+//!   back to the cache is a 508 (the loop guard). The cache's own
 //!   endpoints on its own name and other registry hosts are unaffected.
 //! - A fill on hf.co follows hf.co → "huggingface.co" → CDN (307 then 302, three loopback
 //!   hosts) upstream-side, and costs upstream exactly the model's bytes; with the hosts named
@@ -207,6 +208,24 @@ fn relay_passes_hf_co_paths_upstream_unchanged() {
     let v2 = raw_get(http, "hf.co", "/v2/", &[]);
     assert_eq!(v2.status, 200);
     assert_eq!(echo.seen().len(), n + 1, "nothing more relayed");
+
+    // A base URL that leads back to the cache (a DNS loop) is refused, not relayed forever.
+    d.write_config(&format!(
+        "[upstream.registries]\n\"hf.co\" = \"http://{http}\"\n"
+    ));
+    assert_eq!(d.ctl_json(&["reload"])["response"], "reloaded");
+    let looped = raw_get(http, "hf.co", "/bartowski", &[]);
+    assert_eq!(
+        looped.status,
+        508,
+        "{}",
+        String::from_utf8_lossy(&looped.body)
+    );
+    d.write_config(&format!(
+        "[upstream.registries]\n\"hf.co\" = \"{}\"\n",
+        echo.url()
+    ));
+    assert_eq!(d.ctl_json(&["reload"])["response"], "reloaded");
 
     // Upstream gone: a 502 that says why.
     let addr = echo.addr;
