@@ -408,6 +408,10 @@ fn upper_case_names_pull_and_list() {
         );
         std::thread::sleep(Duration::from_millis(50));
     }
+    // The distribution side finds it by the same name.
+    let by_name = raw_get(http, &http.to_string(), &format!("/manifests/{name}"), &[]);
+    assert_eq!(by_name.status, 200);
+    assert_eq!(by_name.body, manifest);
     let models = d.ctl_json(&["models"]);
     assert!(
         models["models"]
