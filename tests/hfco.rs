@@ -5,7 +5,8 @@
 //! - On `Host: hf.co`, every path but the registry API (`/v2/...`) and `/blobs/sha256:...` is
 //!   relayed upstream unchanged: method, path and query byte for byte, end-to-end headers
 //!   (`Authorization`, `Cookie`, `User-Agent`) kept, hop-by-hop ones dropped, the loop guard
-//!   added; request bodies (sized and chunked) and answers arrive intact; a redirect comes back
+//!   added; request bodies (sized, chunked, and curl's `Expect: 100-continue`) and answers arrive
+//!   intact; a redirect comes back
 //!   as it is (not followed); `Set-Cookie` comes back. The answer streams (its first bytes
 //!   arrive before upstream has sent the rest). Upstream down is a 502; a base URL that leads
 //!   back to the cache is a 508 (the loop guard). The cache's own
@@ -159,6 +160,34 @@ fn relay_passes_hf_co_paths_upstream_unchanged() {
         "hop-by-hop on the way back too"
     );
     assert_eq!(digest(&echo.last().body), digest(&payload));
+
+    // curl sends `Expect: 100-continue` for a large upload: answered here, not passed on.
+    if require_program("curl") {
+        let file = tempfile::NamedTempFile::new().unwrap();
+        std::fs::write(file.path(), &payload).unwrap();
+        let out = std::process::Command::new("curl")
+            .args([
+                "-sS",
+                "--max-time",
+                "20",
+                "-H",
+                "Host: hf.co",
+                "--data-binary",
+            ])
+            .arg(format!("@{}", file.path().display()))
+            .arg(format!("http://{http}/api/upload"))
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert_eq!(digest(&out.stdout), digest(&payload));
+        let seen = echo.last();
+        assert_eq!(seen.header("expect"), None);
+        assert_eq!(digest(&seen.body), digest(&payload));
+    }
 
     // A chunked upload (git push, uploads of unknown length), sent in pieces.
     let mut c = TcpStream::connect(http).unwrap();
