@@ -5,12 +5,11 @@
 //! - On `Host: hf.co`, every path but the registry API (`/v2/...`) and `/blobs/sha256:...` is
 //!   relayed upstream unchanged: method, path and query byte for byte, end-to-end headers
 //!   (`Authorization`, `Cookie`, `User-Agent`) kept, hop-by-hop ones dropped, the loop guard
-//!   added; request bodies (sized, chunked, and curl's `Expect: 100-continue`) and answers arrive
-//!   intact; a redirect comes back
-//!   as it is (not followed); `Set-Cookie` comes back. The answer streams (its first bytes
-//!   arrive before upstream has sent the rest). Upstream down is a 502; a base URL that leads
-//!   back to the cache is a 508 (the loop guard). The cache's own
-//!   endpoints on its own name and other registry hosts are unaffected.
+//!   added. Request bodies (sized, chunked, and curl's `Expect: 100-continue`) and answers
+//!   arrive intact; a redirect comes back as it is (not followed); `Set-Cookie` comes back.
+//!   The answer streams (its first bytes arrive before upstream has sent the rest). Upstream
+//!   down is a 502; a base URL that leads back to the cache is a 508 (the loop guard). The
+//!   cache's own endpoints on its own name and other registry hosts are unaffected.
 //! - A fill on hf.co follows hf.co → "huggingface.co" → CDN (307 then 302, three loopback
 //!   hosts) upstream-side, and costs upstream exactly the model's bytes; with the hosts named
 //!   `hf.co` and `huggingface.co`, the names are resolved through `[upstream] resolvers`.
