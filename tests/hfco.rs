@@ -24,7 +24,9 @@
 //! - With the real ollama 0.5.4 (when installed and network namespaces are available),
 //!   `ollama pull --insecure hf.co/bartowski/Llama-3.2-1B-Instruct-GGUF:Q4_K_M` through the
 //!   cache succeeds, `ollama list` shows it, and the client and the cache both keep the case on
-//!   disk (`manifests/hf.co/bartowski/Llama-3.2-1B-Instruct-GGUF/Q4_K_M`).
+//!   disk (`manifests/hf.co/bartowski/Llama-3.2-1B-Instruct-GGUF/Q4_K_M`). Over HTTPS (no
+//!   `--insecure`, the CA in `SSL_CERT_FILE`), a CA from an earlier release makes the real
+//!   client refuse hf.co's certificate; after `lancachectl ca --rotate` the pull succeeds.
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -630,4 +632,87 @@ fn walk(dir: &std::path::Path) -> Vec<String> {
     }
     out.sort();
     out
+}
+
+#[test]
+fn real_ollama_over_https_needs_the_rotated_ca_for_hf_co() {
+    if !require_program("ip") || !crate::util::require_ollama() {
+        return;
+    }
+    use lancached::tls::ca::Ca;
+    use lancached::tls::names::NameSet;
+    let ns = crate::util::netns::NetNs::new(&[("127.0.0.1", "hf.co")]);
+    ns.set_resolver("127.0.0.1");
+    std::thread::spawn(move || {
+        ns.enter();
+        // The CA an earlier release made: registry.ollama.ai only.
+        let tmp = tempfile::tempdir().unwrap();
+        let old = NameSet {
+            dns: ["registry.ollama.ai".to_string()].into(),
+            ..Default::default()
+        };
+        Ca::generate(&tmp.path().join("ca"), &old, true).unwrap();
+        let up = FakeUpstream::start();
+        let manifest = up.add_model(REPO, QUANT, &[&blob_bytes(1 << 20, 13)]);
+        let d = Daemon::builder()
+            .dir(tmp)
+            .activate(Activate::none())
+            .config(&format!(
+                "[upstream]\nresolvers = []\n[upstream.registries]\n\"registry.ollama.ai\" = \"http://127.0.0.1:9\"\n\"hf.co\" = \"{}\"\n[http]\nlisten = [\"127.0.0.1:80\"]\n[tls]\nlisten = [\"127.0.0.1:443\"]\n",
+                up.url()
+            ))
+            .start();
+        let work = tempfile::tempdir().unwrap();
+        // Go reads its roots once per process: each CA gets a fresh `ollama serve`.
+        let client = |name: &str| {
+            let bundle = work.path().join(format!("{name}.pem"));
+            let mut pem = std::fs::read("/etc/ssl/certs/ca-certificates.crt").unwrap_or_default();
+            pem.extend(std::fs::read(d.dir.join("ca/ca.crt")).unwrap());
+            std::fs::write(&bundle, pem).unwrap();
+            let models = work.path().join(name);
+            std::fs::create_dir_all(&models).unwrap();
+            crate::util::ollama::Ollama::serve(
+                &models,
+                11434,
+                Some(&ns),
+                &[("SSL_CERT_FILE", bundle.to_str().unwrap())],
+            )
+        };
+        let name = format!("hf.co/{REPO}:{QUANT}");
+        let text = |o: &std::process::Output| {
+            format!(
+                "{}{}",
+                String::from_utf8_lossy(&o.stdout),
+                String::from_utf8_lossy(&o.stderr)
+            )
+        };
+
+        // The old CA: Go refuses hf.co's leaf (outside the CA's name constraints).
+        let before = client("before");
+        let out = before.cli(&["pull", &name]);
+        assert!(!out.status.success(), "{}", text(&out));
+        assert!(
+            text(&out).contains("not authorized to sign for this name")
+                || text(&out).contains("not permitted"),
+            "{}",
+            text(&out)
+        );
+        drop(before);
+
+        // After `lancachectl ca --rotate` (and the client trusting the new CA), it pulls.
+        d.ctl_json(&["ca", "--rotate"]);
+        let after = client("after");
+        let out = after.cli(&["pull", &name]);
+        assert!(
+            out.status.success(),
+            "{}\nserve log:\n{}\ndaemon:\n{}",
+            text(&out),
+            after.log(),
+            d.stderr()
+        );
+        let id = &digest(&manifest)[7..19];
+        assert!(after.list().iter().any(|(n, i)| *n == name && i == id));
+    })
+    .join()
+    .unwrap();
 }
