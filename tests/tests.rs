@@ -22,6 +22,7 @@ mod proxy_ollama;
 mod proxy_registry;
 mod proxy_upstream;
 mod sideload;
+mod strict_client;
 mod systemd;
 mod tls;
 mod webui;
