@@ -20,6 +20,7 @@ mod prefetch_cli;
 mod proxy;
 mod proxy_ollama;
 mod proxy_registry;
+mod proxy_strict;
 mod proxy_upstream;
 mod sideload;
 mod strict_client;
