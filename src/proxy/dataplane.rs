@@ -20,9 +20,9 @@ use std::sync::Arc;
 
 use super::registry::error as registry_error;
 use super::{fetch, join_fill, FillStartError, KnownBlob};
-use crate::distribution::client::client_addr;
-use crate::distribution::sessions::SessionGuard;
 use crate::http::body::{self, Body};
+use crate::http::client::client_addr;
+use crate::http::sessions::SessionGuard;
 use crate::http::Peer;
 use crate::state::State;
 use crate::store::fill::{Joined, Origin, Waiter, READ_CHUNK};
@@ -93,10 +93,7 @@ pub async fn serve(
     let session = |start: u64, end: u64| {
         let cfg = state.config();
         let client = client_addr(peer.addr, req.headers(), &cfg.http.trusted_proxies);
-        state
-            .distribution
-            .sessions
-            .start(client, what.clone(), end - start)
+        state.sessions.start(client, what.clone(), end - start)
     };
     if let Ok(file) = open_published(&path) {
         let size = match file.metadata() {
