@@ -575,6 +575,45 @@ pub fn raw_request(
     try_request(addr, method, host, path, extra).unwrap()
 }
 
+/// The registry API's "direct URL" for a blob, found the way Ollama's classic downloader finds
+/// it: a GET whose headers are read and whose body is dropped unread. The cache answers 200 with a
+/// `Location` on its own host (no redirect); returns that path, or the status when it is not 200.
+pub fn direct_url(addr: SocketAddr, host: &str, path: &str) -> Result<String, u16> {
+    let mut c = TcpStream::connect(addr).map_err(|_| 0u16)?;
+    c.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+    let req = format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n");
+    c.write_all(req.as_bytes()).map_err(|_| 0u16)?;
+    let mut r = BufReader::new(c);
+    let mut line = String::new();
+    r.read_line(&mut line).map_err(|_| 0u16)?;
+    let status: u16 = line
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let mut location = None;
+    loop {
+        let mut h = String::new();
+        if r.read_line(&mut h).unwrap_or(0) == 0 || h == "\r\n" {
+            break;
+        }
+        if let Some((k, v)) = h.split_once(':') {
+            if k.trim().eq_ignore_ascii_case("location") {
+                location = Some(v.trim().to_string());
+            }
+        }
+    }
+    if status != 200 {
+        return Err(status);
+    }
+    let loc = location.expect("a 200 from the registry API carries a Location");
+    assert!(
+        loc.starts_with('/'),
+        "the direct URL stays on the request's scheme and host: {loc}"
+    );
+    Ok(loc)
+}
+
 /// Like [`raw_request`], for servers that may die or reset the connection mid-answer: an I/O
 /// error before the status line is an `Err`; one after it ends the body (`complete` is false).
 pub fn try_request(
