@@ -18,6 +18,7 @@ mod metrics;
 mod packaging;
 mod prefetch_cli;
 mod proxy;
+mod proxy_gate;
 mod proxy_ollama;
 mod proxy_registry;
 mod proxy_upstream;

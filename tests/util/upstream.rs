@@ -92,6 +92,10 @@ struct Shared {
     registry_requests: AtomicU64,
     manifest_requests: AtomicU64,
     last_accept: Mutex<Option<String>>,
+    /// The registry's version gate: manifests answer 412 to `ollama/<v>` clients below it.
+    min_ollama: Mutex<Option<Vec<u64>>>,
+    /// Every manifest request's User-Agent, in order.
+    manifest_agents: Mutex<Vec<String>>,
     stop: AtomicBool,
     cdn: SocketAddr,
 }
@@ -129,6 +133,8 @@ impl FakeUpstream {
             registry_requests: AtomicU64::new(0),
             manifest_requests: AtomicU64::new(0),
             last_accept: Mutex::new(None),
+            min_ollama: Mutex::new(None),
+            manifest_agents: Mutex::new(Vec::new()),
             stop: AtomicBool::new(false),
             cdn: cdn.local_addr().unwrap(),
         });
@@ -285,6 +291,31 @@ impl FakeUpstream {
     pub fn last_accept(&self) -> Option<String> {
         self.shared.last_accept.lock().unwrap().clone()
     }
+
+    /// Gates manifests like registry.ollama.ai: a client whose `User-Agent` names
+    /// `ollama/<version>` below `min` (e.g. "0.6.0") gets 412 "requires a newer version".
+    pub fn require_ollama(&self, min: Option<&str>) {
+        *self.shared.min_ollama.lock().unwrap() = min.map(version_parts);
+    }
+
+    /// The User-Agent of every manifest request so far.
+    pub fn manifest_agents(&self) -> Vec<String> {
+        self.shared.manifest_agents.lock().unwrap().clone()
+    }
+}
+
+fn version_parts(v: &str) -> Vec<u64> {
+    v.split(['.', '-'])
+        .map_while(|p| p.parse().ok())
+        .collect()
+}
+
+/// The registry's gate: whether this User-Agent is an Ollama older than `min`.
+fn too_old(user_agent: &str, min: &[u64]) -> bool {
+    user_agent
+        .split_whitespace()
+        .find_map(|t| t.strip_prefix("ollama/"))
+        .is_some_and(|v| version_parts(v).as_slice() < min)
 }
 
 impl Drop for FakeUpstream {
@@ -367,6 +398,18 @@ fn serve(mut conn: TcpStream, s: &Shared, is_cdn: bool) -> std::io::Result<()> {
             "manifests" => {
                 s.manifest_requests.fetch_add(1, Ordering::SeqCst);
                 *s.last_accept.lock().unwrap() = req.headers.get("accept").cloned();
+                let agent = req.headers.get("user-agent").cloned().unwrap_or_default();
+                s.manifest_agents.lock().unwrap().push(agent.clone());
+                if let Some(min) = s.min_ollama.lock().unwrap().clone() {
+                    if too_old(&agent, &min) {
+                        return respond(
+                            &mut conn,
+                            412,
+                            &[("Content-Type", "application/json".into())],
+                            br#"{"errors":[{"code":"PRECONDITION_FAILED","message":"this model requires a newer version of Ollama"}]}"#,
+                        );
+                    }
+                }
                 if faults.unauthorized {
                     return respond(
                         &mut conn,
