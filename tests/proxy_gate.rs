@@ -57,7 +57,11 @@ fn a_cached_manifest_never_skips_the_version_gate() {
 
     let n = up.manifest_requests();
     let r = get(&d, OLD);
-    assert_eq!(up.manifest_requests(), n + 1, "an unseen version is checked");
+    assert_eq!(
+        up.manifest_requests(),
+        n + 1,
+        "an unseen version is checked"
+    );
     assert_eq!(r.status, 412, "{}", String::from_utf8_lossy(&r.body));
     assert!(
         String::from_utf8_lossy(&r.body).contains("requires a newer version of Ollama"),
@@ -67,7 +71,11 @@ fn a_cached_manifest_never_skips_the_version_gate() {
     assert_eq!(get(&d, OLD).status, 412);
 
     let n = up.manifest_requests();
-    assert_eq!(get(&d, NEW).body, manifest, "the passing version still hits");
+    assert_eq!(
+        get(&d, NEW).body,
+        manifest,
+        "the passing version still hits"
+    );
     assert_eq!(get(&d, NEW_MAC).body, manifest, "keyed on ollama/<v> only");
     assert_eq!(up.manifest_requests(), n, "no upstream request for either");
 

@@ -15,6 +15,7 @@ mod hostile;
 mod lifecycle;
 mod lifecycle_cache;
 mod metrics;
+mod no_redirect;
 mod packaging;
 mod prefetch_cli;
 mod proxy;

@@ -305,9 +305,7 @@ impl FakeUpstream {
 }
 
 fn version_parts(v: &str) -> Vec<u64> {
-    v.split(['.', '-'])
-        .map_while(|p| p.parse().ok())
-        .collect()
+    v.split(['.', '-']).map_while(|p| p.parse().ok()).collect()
 }
 
 /// The registry's gate: whether this User-Agent is an Ollama older than `min`.
