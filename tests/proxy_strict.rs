@@ -6,7 +6,8 @@
 //! - (a) HTTPS with the cache's CA (`ca.crt` / SSL_CERT_FILE), no `--insecure`; the strict
 //!   client speaks h2 by ALPN as Go does, and HTTP/1.1 in one more case;
 //! - (b) HTTP with `--insecure`, and the strict client waived no host or address check;
-//! - (c) hf.co names (`hf.co/bartowski/llama-3.2-1b-instruct-gguf:q4_k_m`), both ways;
+//! - (c) hf.co names (`hf.co/bartowski/llama-3.2-1b-instruct-gguf:q4_k_m`), both ways, and an
+//!   upper-case one (`hf.co/bartowski/Llama-3.2-1B-Instruct-GGUF:Q4_K_M`, strict client only);
 //! - (d) the cache named explicitly: `127.0.0.1:PORT/library/…` with `--insecure`, and
 //!   `cache.lan/library/…` (a name resolving to the cache, in `[dns] intercept` so its leaf and
 //!   the CA's constraints cover it) both ways.
@@ -200,9 +201,8 @@ fn strict_insecure_http_hf_co() {
     strict_case(Proto::Insecure, "hf.co", HF_REPO, HF_TAG, 105);
 }
 
-/// Upper-case Hugging Face names are another item of issue 13 (item 5); enable with it.
+/// Upper-case Hugging Face names (issue 13 item 5), as users type them from the model page.
 #[test]
-#[ignore = "upper-case hf.co names land with issue 13 item 5"]
 fn strict_https_hf_co_upper_case() {
     strict_case(
         Proto::Https,
