@@ -8,6 +8,9 @@
 //!   host and address checks it waived;
 //! - https → http is refused even with `--insecure` (a chain http → https → http), and for a
 //!   same-host downgrade without it;
+//! - a same-host hop is checked for its address: the same name on another port at another
+//!   private address is refused without `--insecure` and waived (recorded) with it; the
+//!   direct-URL GET follows such a hop, so a plain 200 at its end has no `Location` and fails;
 //! - a server that ignores Range corrupts the blob: "digest mismatch", nothing published;
 //! - 200 without `Location`: "http: no Location header in response"; 301/302/308 to another host:
 //!   "unexpected status code N";
@@ -175,6 +178,36 @@ fn https_to_http_is_refused_even_when_insecure() {
         ),
         "{r:#?}"
     );
+}
+
+#[test]
+fn same_host_hops_are_checked_for_their_address() {
+    let s = StandIn::start(BlobAnswer::Redirect {
+        status: 307,
+        to: "http://registry.ollama.ai:8080".into(),
+    });
+    s.add_model("library/tiny", "latest", &[&blob_bytes(1000, 7)]);
+    // The same name, another port, and there another (private) address: DNS rebinding.
+    let net = Net::new()
+        .resolve("registry.ollama.ai:80", s.addr)
+        .resolve("registry.ollama.ai:8080", s.other);
+    let tmp = tempfile::tempdir().unwrap();
+    let r =
+        StrictOllama::new(net.clone(), tmp.path()).pull("http://registry.ollama.ai/library/tiny");
+    assert!(
+        r.error()
+            .ends_with("blocked redirect to a private address 127.0.0.2"),
+        "{r:#?}"
+    );
+    // Waived with --insecure; the direct-URL GET then follows the same-host hop to a plain 200
+    // without Location, which the classic downloader can not use.
+    let r = StrictOllama::new(net, tmp.path()).insecure(true).pull(TINY);
+    assert_eq!(r.error(), "http: no Location header in response", "{r:#?}");
+    assert!(!r.waived.is_empty());
+    assert!(r
+        .waived
+        .iter()
+        .all(|w| w.starts_with("address: registry.ollama.ai is 127.0.0.2")));
 }
 
 #[test]

@@ -350,14 +350,6 @@ impl Net {
         self
     }
 
-    /// Changes a mapping while the client runs (DNS rebinding tests).
-    pub fn remap(&self, host_port: &str, to: SocketAddr) {
-        self.resolve
-            .lock()
-            .unwrap()
-            .insert(host_port.to_ascii_lowercase(), to);
-    }
-
     /// Where a URL's host:port is reached.
     pub async fn lookup(&self, url: &Url) -> Result<SocketAddr, String> {
         if let Some(a) = self.resolve.lock().unwrap().get(&url.host_port()) {
