@@ -17,6 +17,8 @@
 //! cost upstream exactly 1.00× its bytes (`FakeUpstream` counts CDN bytes per blob). One of the
 //! two strict clients uses ollama's part size (one part for these blobs), the other 16 parts.
 //!
+//! Ollama's own part size (clamp(size/16, 100 MB, 1000 MB)) on a 210 MB blob: 3 parts over h2.
+//!
 //! Tensor models: the x/transfer client (`util::transfer_client`) pulls a model of named
 //! `image.tensor` and `image.json` layers over HTTPS and over insecure HTTP, two at once:
 //! byte-exact, nothing waived, upstream 1.00×, LAN bytes ≤ 2.0× each blob (printed per blob).
@@ -226,6 +228,33 @@ fn strict_https_cache_by_name() {
 #[test]
 fn strict_insecure_cache_by_name() {
     strict_case(Proto::Insecure, "cache.lan", "library/tiny", "latest", 109);
+}
+
+/// Ollama's own part size on a blob big enough for several parts (clamp(size/16, 100 MB,
+/// 1000 MB): 100 MB, 100 MB and the rest), over h2 with the CA.
+#[test]
+fn strict_https_default_parts_of_a_large_blob() {
+    let up = FakeUpstream::start();
+    let layer = blob_bytes(210_000_000, 120);
+    let tmp = tempfile::tempdir().unwrap();
+    let d = digest(&layer);
+    let manifest = up.add_model_with_digests("library/big", "latest", vec![(layer, d.clone())]);
+    let daemon = daemon_for(&up);
+    let net = Net::new()
+        .with_roots(&ca_pem(&daemon))
+        .resolve("registry.ollama.ai:443", daemon.https.unwrap());
+    let models = tmp.path().join("models");
+    let t = std::time::Instant::now();
+    let r = StrictOllama::new(net, &models).pull("registry.ollama.ai/library/big");
+    check(&r, "registry.ollama.ai/library/big", &daemon);
+    assert_eq!(r.blobs[&d].parts, 3, "{r:#?}");
+    assert_eq!(r.blobs[&d].received, 210_000_000);
+    let m = models.join("manifests/registry.ollama.ai/library/big/latest");
+    assert_eq!(std::fs::read(m).unwrap(), manifest);
+    let got = std::fs::read(crate::util::strict_ollama::blob_path(&models, &d)).unwrap();
+    assert_eq!(digest(&got), d, "the published blob is the upstream one");
+    assert_eq!(up.cdn_bytes(), up.blob_total());
+    eprintln!("210 MB in 3 parts over h2 in {:?}", t.elapsed());
 }
 
 fn tensor_case(insecure: bool) {

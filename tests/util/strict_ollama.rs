@@ -397,7 +397,7 @@ impl StrictOllama {
                 return Err(e);
             }
         }
-        let got = super::upstream::digest(&std::fs::read(&partial).map_err(|e| e.to_string())?);
+        let got = sha256_file(&partial).map_err(|e| e.to_string())?;
         if got != layer.digest {
             let _ = std::fs::remove_file(&partial);
             return Err(format!(
@@ -408,6 +408,14 @@ impl StrictOllama {
         std::fs::rename(&partial, &final_path).map_err(|e| e.to_string())?;
         Ok(())
     }
+}
+
+fn sha256_file(p: &Path) -> std::io::Result<String> {
+    use sha2::Digest as _;
+    let mut f = std::fs::File::open(p)?;
+    let mut h = sha2::Sha256::new();
+    std::io::copy(&mut f, &mut h)?;
+    Ok(format!("sha256:{}", hex::encode(h.finalize())))
 }
 
 /// `makeRequestWithRetry`'s view of a status: 404 and other 4xx/5xx are errors.
