@@ -5,7 +5,7 @@
 //! - the old way (`FakeUpstream`: blob `HEAD`/`GET` → 307 to a "CDN" on 127.0.0.2) over HTTPS
 //!   fails with "blocked redirect to a different host" on the blob `HEAD`, before any CDN byte;
 //! - the old way over HTTP with `--insecure` pulls byte-exact in 16 ranged parts, but records the
-//!   host and address checks it waived;
+//!   host and address checks it waived; a part cut short starts again where it stopped;
 //! - https → http is refused even with `--insecure` (a chain http → https → http), and for a
 //!   same-host downgrade without it;
 //! - a same-host hop is checked for its address: the same name on another port at another
@@ -121,6 +121,42 @@ fn insecure_pull_of_the_old_way_passes_but_records_what_it_waived() {
         "{:#?}",
         r.waived
     );
+}
+
+#[test]
+fn a_short_part_starts_again_where_it_stopped() {
+    let up = FakeUpstream::start();
+    let layer = blob_bytes(160_000, 8);
+    let m = up.add_model("library/tiny", "latest", &[&layer]);
+    let d = crate::util::upstream::digest(&layer);
+    up.blob_faults(
+        &d,
+        Some(Faults {
+            truncate_at: Some(25_000),
+            limit: Some(1),
+            ..Default::default()
+        }),
+    );
+    let tmp = tempfile::tempdir().unwrap();
+    let net = Net::new().resolve("registry.ollama.ai:80", up.registry);
+    let r = StrictOllama::new(net, tmp.path())
+        .insecure(true)
+        .part_size(1, u64::MAX)
+        .pull(TINY);
+    r.expect_ok("one truncated part");
+    assert_pulled(
+        tmp.path(),
+        "registry.ollama.ai/library/tiny/latest",
+        &m,
+        &[&layer],
+    );
+    assert!(
+        r.requests
+            .iter()
+            .any(|l| l.starts_with("part 20000-29999: 5000 of 10000 bytes")),
+        "{r:#?}"
+    );
+    assert_eq!(r.blobs[&d].received, layer.len() as u64);
 }
 
 #[test]

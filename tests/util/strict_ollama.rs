@@ -472,17 +472,17 @@ async fn download_part(
             return Err(e);
         }
         done += n;
-        report
-            .lock()
-            .unwrap()
-            .blobs
-            .get_mut(digest)
-            .unwrap()
-            .received += n;
+        let mut rep = report.lock().unwrap();
+        rep.blobs.get_mut(digest).unwrap().received += n;
         if done == len {
             return Ok(());
         }
-        let _ = r;
+        // Short: the part starts again from where it stopped, as the downloader's retry does.
+        let why = r.err().unwrap_or_else(|| "body ended early".into());
+        rep.requests.push(format!(
+            "part {start}-{}: {done} of {len} bytes: {why}",
+            end - 1
+        ));
     }
     Err(format!(
         "part {start}-{}: {done} of {len} bytes after 5 attempts (unexpected EOF)",
