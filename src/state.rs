@@ -31,8 +31,10 @@ pub struct State {
     pub layout: Layout,
     /// Blobs in use, which prune and eviction must leave alone.
     pub pins: Pins,
-    /// The model catalog, client download sessions and the cache-writable probe.
+    /// The model catalog and the cache-writable probe.
     pub distribution: crate::distribution::Distribution,
+    /// Client downloads in progress (`/api/sessions`), fed by every route that streams a body.
+    pub sessions: crate::http::sessions::Sessions,
     /// Access times, hit counts and fetched-or-found per model and blob.
     pub index: Index,
     /// Usage, eviction and prune bookkeeping.
@@ -65,6 +67,7 @@ impl State {
             index: Index::new(&layout),
             layout,
             distribution: crate::distribution::Distribution::default(),
+            sessions: Default::default(),
             lifecycle: Lifecycle::default(),
             prefetcher: OnceLock::new(),
             tls: Default::default(),

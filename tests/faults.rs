@@ -122,16 +122,9 @@ fn registry_get(d: &Daemon, path: &str) -> RawResponse {
     })
 }
 
-/// Follows the registry's 307 like Ollama: the data-plane path of a blob, or the status.
+/// Finds a blob's direct URL like Ollama (the registry's 200 names its own URL), or the status.
 fn data_plane_path(d: &Daemon, repo: &str, dg: &str) -> Result<String, u16> {
-    let r = registry_get(d, &format!("/v2/{repo}/blobs/{dg}"));
-    if r.status != 307 {
-        return Err(r.status);
-    }
-    let loc = &r.headers["location"];
-    let prefix = format!("http://{}", http(d));
-    assert!(loc.starts_with(&prefix), "{loc}");
-    Ok(loc[prefix.len()..].to_string())
+    crate::util::upstream::direct_url(http(d), REG, &format!("/v2/{repo}/blobs/{dg}"))
 }
 
 fn wait_for(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
@@ -547,7 +540,7 @@ fn kill9_at_random_moments_of_a_fill() {
             200,
             "{ctx}"
         );
-        // The registry GET starts the fill before it answers its 307.
+        // The registry GET starts the fill before it answers.
         let path = data_plane_path(&d, &repo, &dg).expect(&ctx);
         let addr = http(&d);
         let p2 = path.clone();
@@ -623,8 +616,8 @@ fn kill9_at_random_moments_of_a_fill() {
 // ---------------------------------------------------------------------------------------------
 // 3. Upstream down.
 
-/// Pulls a model the way Ollama does (manifest, then HEAD + GET of every blob through the
-/// registry's 307, the biggest in 16 ranges); returns the manifest bytes.
+/// Pulls a model the way Ollama does (manifest, then HEAD + direct-URL GET of every blob, the
+/// biggest in 16 ranges); returns the manifest bytes.
 fn pull(d: &Daemon, repo: &str, blobs: &HashMap<String, Vec<u8>>) -> Vec<u8> {
     let m = registry_get(d, &format!("/v2/{repo}/manifests/latest"));
     assert_eq!(
@@ -642,7 +635,7 @@ fn pull(d: &Daemon, repo: &str, blobs: &HashMap<String, Vec<u8>>) -> Vec<u8> {
         let want = &blobs[&dg];
         let head =
             try_request(http(d), "HEAD", REG, &format!("/v2/{repo}/blobs/{dg}"), &[]).unwrap();
-        assert_eq!(head.status, 307, "{dg}");
+        assert_eq!(head.status, 200, "{dg}");
         let path = data_plane_path(d, repo, &dg).unwrap();
         let r = get(http(d), "GET", &path, &[]);
         assert!(r.status == 200 && r.complete && r.body == *want, "{dg}");
@@ -1256,7 +1249,7 @@ fn race(
                     let path = match (m.status, data_plane_path(&d, repo, dg)) {
                         (200, Ok(p)) => p,
                         (_, Err(s)) => {
-                            assert!(s >= 400, "blob redirect answered {s}");
+                            assert!(s >= 400, "blob direct-URL GET answered {s}");
                             counts.lock().unwrap().2 += 1;
                             continue;
                         }

@@ -4,8 +4,9 @@
 //!   byte-exact at Ollama's path, served byte-exact with `Content-Type` and
 //!   `Docker-Content-Digest`; TTL revalidation; offline serve when upstream is down or 5xx;
 //!   404 and 401 (`WWW-Authenticate`) passed through; invalid names are 400 `NAME_INVALID`.
-//! - Blob requests answer 307 to the data plane on a different host name (Ollama 0.3.1–0.5.x),
-//!   HEAD too; a request already on the data-plane host is served with 200.
+//! - Blob requests are never redirected: `HEAD` answers 200 with the size, `GET` 200 with the
+//!   blob and a `Location` naming the same URL (Ollama's direct URL), on whatever host the client
+//!   named (the registry's or the cache's own address).
 //! - Loop guard: a request carrying the cache's own hop header is refused with 508.
 //! - Cold fill: 16 concurrent ranged clients on one cold blob cost exactly one blob of upstream
 //!   bytes; corrupt or truncating upstream publishes nothing and aborts every client's body;
@@ -19,7 +20,9 @@
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use crate::util::upstream::{blob_bytes, digest, raw_get, raw_request, FakeUpstream, Faults};
+use crate::util::upstream::{
+    blob_bytes, digest, direct_url, raw_get, raw_request, FakeUpstream, Faults,
+};
 use crate::util::Daemon;
 
 const REG: &str = "registry.ollama.ai";
@@ -42,14 +45,12 @@ fn http(d: &Daemon) -> SocketAddr {
     d.http.unwrap()
 }
 
-/// Follows the registry's 307 like Ollama: returns the data-plane path.
+/// Finds a blob's direct URL like Ollama: the registry's 200 names its own URL.
 fn data_plane_path(d: &Daemon, repo: &str, dg: &str) -> String {
-    let r = raw_get(http(d), REG, &format!("/v2/{repo}/blobs/{dg}"), &[]);
-    assert_eq!(r.status, 307, "{:?}", r.headers);
-    let loc = r.headers["location"].clone();
-    let prefix = format!("http://{}", http(d));
-    assert!(loc.starts_with(&prefix), "{loc}");
-    loc[prefix.len()..].to_string()
+    let path = format!("/v2/{repo}/blobs/{dg}");
+    let loc = direct_url(http(d), REG, &path).expect("200 with a Location");
+    assert_eq!(loc, path, "the direct URL is the request's own");
+    loc
 }
 
 fn wait_for(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
@@ -113,7 +114,7 @@ fn manifest_and_blob_through_the_cache() {
     assert_eq!(up.manifest_requests(), n);
 
     let dg = digest(&layer);
-    // HEAD on the registry API redirects too (Ollama follows it for the size).
+    // HEAD on the registry API answers the size itself (Ollama reads Content-Length).
     let r = raw_request(
         http(&d),
         "HEAD",
@@ -121,7 +122,11 @@ fn manifest_and_blob_through_the_cache() {
         &format!("/v2/library/tiny/blobs/{dg}"),
         &[],
     );
-    assert_eq!(r.status, 307);
+    assert_eq!(r.status, 200);
+    assert_eq!(r.headers["content-length"], layer.len().to_string());
+    assert_eq!(r.headers["docker-content-digest"], dg);
+    assert_eq!(r.headers["accept-ranges"], "bytes");
+    assert!(!r.headers.contains_key("location"), "a HEAD is no redirect");
     let path = data_plane_path(&d, "library/tiny", &dg);
     let host = http(&d).to_string();
     let r = raw_request(http(&d), "HEAD", &host, &path, &[]);
@@ -141,7 +146,7 @@ fn manifest_and_blob_through_the_cache() {
     assert_eq!(std::fs::read(blob_file(&d, &dg)).unwrap(), layer);
     assert_eq!(up.cdn_bytes(), layer.len() as u64);
 
-    // A hit: no upstream bytes. On the data-plane host itself the registry API answers 200.
+    // A hit: no upstream bytes. A client naming the cache itself gets the same answer.
     let r = raw_get(
         http(&d),
         &host,
@@ -150,6 +155,10 @@ fn manifest_and_blob_through_the_cache() {
     );
     assert_eq!(r.status, 200);
     assert_eq!(r.body, layer);
+    assert_eq!(
+        r.headers["location"],
+        format!("/v2/library/tiny/blobs/{dg}")
+    );
     assert_eq!(up.cdn_bytes(), layer.len() as u64);
 
     let stats = d.ctl_json(&["stats"]);
@@ -630,7 +639,7 @@ fn cold_head_probes_size_and_stats_show_active_fills() {
     let d = daemon(&up, "fill_connections = 1");
     let addr = http(&d);
     let host = addr.to_string();
-    // No manifest seen: the 307's query names the origin and the size comes from upstream.
+    // No manifest seen: the query names the origin and the size comes from upstream.
     let path = format!("/blobs/{dg}?registry=registry.ollama.ai&repo=library/loose");
     let r = raw_request(addr, "HEAD", &host, &path, &[]);
     assert_eq!(r.status, 200);

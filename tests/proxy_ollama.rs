@@ -2,7 +2,7 @@
 //! test's own where `/etc/netns/NAME/hosts` maps `registry.ollama.ai` to the cache:
 //!
 //! - `ollama pull --insecure registry.ollama.ai/library/<model>` (plain HTTP on port 80, the
-//!   registry's 307 to the data plane on another host name, up to 16 parallel ranged GETs) of a
+//!   blob served on the registry's own host with no redirect, up to 16 parallel ranged GETs) of a
 //!   model whose layer is over 300 MB succeeds, and `ollama list` shows the upstream manifest's ID;
 //! - two clients pulling the cold model at once cost upstream exactly one copy of each blob;
 //! - a third client pulls it with the upstream gone, from the cache alone.

@@ -54,16 +54,15 @@ fn blobs_of(manifest: &[u8]) -> Vec<String> {
         .collect()
 }
 
-/// Pulls a model like Ollama: the manifest, then each blob through the 307 to the data plane.
+/// Pulls a model like Ollama: the manifest, then each blob at its direct URL.
 fn pull(d: &Daemon, repo: &str, tag: &str) {
     let r = raw_get(http(d), REG, &format!("/v2/{repo}/manifests/{tag}"), &[]);
     assert_eq!(r.status, 200);
     for dg in blobs_of(&r.body) {
-        let r = raw_get(http(d), REG, &format!("/v2/{repo}/blobs/{dg}"), &[]);
-        assert_eq!(r.status, 307, "{:?}", r.headers);
-        let loc = &r.headers["location"];
-        let path = &loc[loc.find("/blobs/").unwrap()..];
-        let r = raw_get(http(d), "x", path, &[]);
+        let path =
+            crate::util::upstream::direct_url(http(d), REG, &format!("/v2/{repo}/blobs/{dg}"))
+                .expect("200 with a Location");
+        let r = raw_get(http(d), REG, &path, &[]);
         assert_eq!(r.status, 200);
         assert!(r.complete);
         assert_eq!(digest(&r.body), dg);

@@ -85,7 +85,7 @@ pub async fn models<B>(req: &Request<B>, peer: Peer, state: &Arc<State>) -> Resp
 
 /// `GET /api/sessions`: client downloads in progress.
 pub fn sessions(state: &State) -> Response<Body> {
-    body::json(StatusCode::OK, &state.distribution.sessions.list())
+    body::json(StatusCode::OK, &state.sessions.list())
 }
 
 fn disk(state: &State) -> (Option<u64>, Option<u64>) {
@@ -142,7 +142,7 @@ pub async fn info<B>(req: &Request<B>, peer: Peer, state: &Arc<State>) -> Respon
                 "unreadable_manifests": snap.skipped.len(),
                 "writable": writable.is_ok(),
             },
-            "sessions": state.distribution.sessions.len(),
+            "sessions": state.sessions.len(),
             "fills": fills,
             "hit_ratio": hit_ratio,
             "hits": hits,

@@ -89,15 +89,12 @@ pub async fn tar<B>(req: &Request<B>, peer: Peer, state: &Arc<State>) -> Respons
     let mut resp = if req.method() == Method::HEAD {
         Response::new(body::empty())
     } else {
-        let client = super::client::client_addr(
+        let client = crate::http::client::client_addr(
             peer.addr,
             req.headers(),
             &state.config().http.trusted_proxies,
         );
-        let session = state
-            .distribution
-            .sessions
-            .start(client, model.name.short_name(), len);
+        let session = state.sessions.start(client, model.name.short_name(), len);
         state.index.touch_manifest(&model.name);
         Response::new(archive.into_body(session))
     };

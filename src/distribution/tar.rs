@@ -19,8 +19,8 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use tokio::io::AsyncReadExt;
 
 use super::catalog::Model;
-use super::sessions::SessionGuard;
 use crate::http::body::Body;
+use crate::http::sessions::SessionGuard;
 use crate::store::{Layout, Pins};
 
 const BLOCK: u64 = 512;

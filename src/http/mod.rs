@@ -6,8 +6,10 @@
 //! they are on (hyper's graceful shutdown), and the daemon's drain deadline bounds the wait.
 
 pub mod body;
+pub mod client;
 pub mod metrics;
 pub mod router;
+pub mod sessions;
 pub mod zerocopy;
 
 use anyhow::Result;

@@ -1,5 +1,6 @@
-//! The data plane: `GET|HEAD /blobs/sha256:<hex>` on the cache's own address, where registry
-//! blob requests are redirected and where Ollama's up-to-16 parallel ranged GETs land.
+//! Blob bodies: what the registry routes (`/v2/<name>/blobs/<digest>`, where Ollama's up-to-16
+//! parallel ranged GETs land) and the data plane (`GET|HEAD /blobs/sha256:<hex>` on the cache's
+//! own address, for side-loads, scripts and browsers) both answer with.
 //!
 //! Ollama does not check the status of its ranged GETs, so Range must be exact: one range
 //! (`a-b`, `a-`, `-n`) answers 206 with `Content-Range`; an unsatisfiable one 416 with
@@ -20,9 +21,9 @@ use std::sync::Arc;
 
 use super::registry::error as registry_error;
 use super::{fetch, join_fill, FillStartError, KnownBlob};
-use crate::distribution::client::client_addr;
-use crate::distribution::sessions::SessionGuard;
 use crate::http::body::{self, Body};
+use crate::http::client::client_addr;
+use crate::http::sessions::SessionGuard;
 use crate::http::Peer;
 use crate::state::State;
 use crate::store::fill::{Joined, Origin, Waiter, READ_CHUNK};
@@ -38,7 +39,7 @@ pub async fn handle(req: Request<Incoming>, peer: Peer, state: &Arc<State>) -> R
         Ok(d) => d,
         Err(e) => return registry_error(StatusCode::BAD_REQUEST, "DIGEST_INVALID", &e.message),
     };
-    // The 307 from the registry API names the blob's origin, so a fill can always start here.
+    // A data-plane URL may name the blob's origin, so that a fill can always start here.
     let mut origin = None;
     let (mut reg, mut repo) = (None, None);
     for (k, v) in req
@@ -67,7 +68,9 @@ pub async fn handle(req: Request<Incoming>, peer: Peer, state: &Arc<State>) -> R
     serve(&req, peer, state, &digest, origin).await
 }
 
-/// Serves one blob: from `blobs/` when cached, else from its fill (started if need be).
+/// Serves one blob: from `blobs/` when cached, else from its fill (started if need be). The
+/// registry routes and `/blobs/` both come here; `origin` is the blob's registry and repository
+/// when the request names them.
 pub async fn serve(
     req: &Request<Incoming>,
     peer: Peer,
@@ -75,48 +78,16 @@ pub async fn serve(
     digest: &Digest,
     origin: Option<(String, String)>,
 ) -> Response<Body> {
-    let path = state.layout.blob_path(digest);
-    let counters = &state.proxy.counters;
     if let Some((reg, repo)) = &origin {
         state.proxy.learn(digest, reg, repo, None);
     }
     let known = state.proxy.known(digest);
-    let registry = known
-        .as_ref()
-        .map(|k| k.registry.clone())
-        .unwrap_or_else(|| "local".to_string());
-    // Each body is one client download in `/api/sessions`, named by repository when known.
-    let what = match &known {
-        Some(k) => format!("{}@{digest}", k.repository),
-        None => digest.to_string(),
-    };
-    let session = |start: u64, end: u64| {
-        let cfg = state.config();
-        let client = client_addr(peer.addr, req.headers(), &cfg.http.trusted_proxies);
-        state
-            .distribution
-            .sessions
-            .start(client, what.clone(), end - start)
-    };
-    if let Ok(file) = open_published(&path) {
-        let size = match file.metadata() {
-            Ok(m) => m.len(),
-            Err(e) => return internal(e),
-        };
-        counters.count(&registry, Event::BlobHit);
-        state.index.touch_blob(digest);
-        let pin = state.pins.pin(digest);
-        return respond(req, digest, size, |start, end| {
-            counters.count(&registry, Event::BytesFromCache(end - start));
-            published_body(file, size, start, end, pin, session(start, end))
-        });
+    let sessions = SessionStarter::new(req, peer, state, digest, known.as_ref());
+    if let Ok(file) = open_published(&state.layout.blob_path(digest)) {
+        let registry = known.map_or_else(|| "local".to_string(), |k| k.registry);
+        return serve_published(req, state, digest, file, &registry, &sessions);
     }
-    let Some(KnownBlob {
-        registry,
-        repository,
-        size,
-    }) = known
-    else {
+    let Some(known) = known else {
         return registry_error(
             StatusCode::NOT_FOUND,
             "BLOB_UNKNOWN",
@@ -125,59 +96,132 @@ pub async fn serve(
             ),
         );
     };
-    // The size for a cold HEAD (and for the fill) comes from the manifest, else from upstream.
-    let size = match size {
-        Some(s) => s,
-        None => match fetch::probe_size(state, &registry, &repository, digest).await {
-            Ok(Some(s)) => {
-                state.proxy.learn(digest, &registry, &repository, Some(s));
-                s
-            }
-            Ok(None) => {
-                return registry_error(
-                    StatusCode::NOT_FOUND,
-                    "BLOB_UNKNOWN",
-                    &format!("{digest} not found upstream"),
-                )
-            }
-            Err(e) => {
-                counters.failure(e.kind);
-                return registry_error(StatusCode::BAD_GATEWAY, "UNAVAILABLE", &e.to_string());
-            }
-        },
+    let size = match cold_size(state, digest, &known).await {
+        Ok(s) => s,
+        Err(resp) => return resp,
     };
-    if req.method() == Method::HEAD {
-        return respond(req, digest, size, |_, _| body::empty());
+    serve_cold(req, state, digest, known, size, &sessions).await
+}
+
+/// Starts one `/api/sessions` entry per body, named by repository when known.
+struct SessionStarter<'a> {
+    state: &'a State,
+    client: std::net::SocketAddr,
+    what: String,
+}
+
+impl<'a> SessionStarter<'a> {
+    fn new(
+        req: &Request<Incoming>,
+        peer: Peer,
+        state: &'a State,
+        digest: &Digest,
+        known: Option<&KnownBlob>,
+    ) -> SessionStarter<'a> {
+        let cfg = state.config();
+        SessionStarter {
+            state,
+            client: client_addr(peer.addr, req.headers(), &cfg.http.trusted_proxies),
+            what: match known {
+                Some(k) => format!("{}@{digest}", k.repository),
+                None => digest.to_string(),
+            },
+        }
     }
+
+    fn start(&self, start: u64, end: u64) -> SessionGuard {
+        self.state
+            .sessions
+            .start(self.client, self.what.clone(), end - start)
+    }
+}
+
+/// A hit: the published file, zero-copy.
+fn serve_published(
+    req: &Request<Incoming>,
+    state: &State,
+    digest: &Digest,
+    file: std::fs::File,
+    registry: &str,
+    sessions: &SessionStarter,
+) -> Response<Body> {
+    // The file's own size is the truth, whatever a manifest said.
+    let size = match file.metadata() {
+        Ok(m) => m.len(),
+        Err(e) => return internal(e),
+    };
+    let counters = &state.proxy.counters;
+    counters.count(registry, Event::BlobHit);
+    state.index.touch_blob(digest);
+    let pin = state.pins.pin(digest);
+    respond(req, digest, size, |start, end| {
+        counters.count(registry, Event::BytesFromCache(end - start));
+        published_body(file, size, start, end, pin, sessions.start(start, end))
+    })
+}
+
+/// The size of a blob not yet in the cache: from the manifest's layer list, else an upstream
+/// probe (never from waiting for the fill). `Err` is the client's answer.
+async fn cold_size(
+    state: &Arc<State>,
+    digest: &Digest,
+    known: &KnownBlob,
+) -> Result<u64, Response<Body>> {
+    if let Some(s) = known.size {
+        return Ok(s);
+    }
+    match fetch::probe_size(state, &known.registry, &known.repository, digest).await {
+        Ok(Some(s)) => {
+            state
+                .proxy
+                .learn(digest, &known.registry, &known.repository, Some(s));
+            Ok(s)
+        }
+        Ok(None) => Err(registry_error(
+            StatusCode::NOT_FOUND,
+            "BLOB_UNKNOWN",
+            &format!("{digest} not found upstream"),
+        )),
+        Err(e) => {
+            state.proxy.counters.failure(e.kind);
+            Err(registry_error(
+                StatusCode::BAD_GATEWAY,
+                "UNAVAILABLE",
+                &e.to_string(),
+            ))
+        }
+    }
+}
+
+/// A miss: joins (or starts) the blob's fill and streams from it as bytes land. A `HEAD`, a 304
+/// or a 416 answers from the size alone and starts nothing.
+async fn serve_cold(
+    req: &Request<Incoming>,
+    state: &Arc<State>,
+    digest: &Digest,
+    known: KnownBlob,
+    size: u64,
+    sessions: &SessionStarter<'_>,
+) -> Response<Body> {
     let plan = plan_for(req.headers(), size, &format!("\"{digest}\""));
-    if !matches!(plan, Plan::Whole | Plan::Part(..)) {
+    if req.method() == Method::HEAD || !matches!(plan, Plan::Whole | Plan::Part(..)) {
         return respond(req, digest, size, |_, _| body::empty());
     }
-    counters.count(&registry, Event::BlobMiss);
+    state.proxy.counters.count(&known.registry, Event::BlobMiss);
     state.index.touch_blob(digest);
     let origin = Origin {
-        registry: registry.clone(),
-        repository,
+        registry: known.registry.clone(),
+        repository: known.repository,
     };
     match join_fill(state, digest, size, size, origin).await {
-        Ok(Joined::Published) => match open_published(&path) {
-            Ok(file) => {
-                // Published between our look and the join: the file's own size is the truth.
-                let size = match file.metadata() {
-                    Ok(m) => m.len(),
-                    Err(e) => return internal(e),
-                };
-                let pin = state.pins.pin(digest);
-                respond(req, digest, size, |start, end| {
-                    published_body(file, size, start, end, pin, session(start, end))
-                })
-            }
+        Ok(Joined::Published) => match open_published(&state.layout.blob_path(digest)) {
+            Ok(file) => serve_published(req, state, digest, file, &known.registry, sessions),
             Err(e) => internal(e),
         },
         Ok(Joined::Filling(fill)) => {
             let pin = state.pins.pin(digest);
             respond(req, digest, size, |start, end| {
-                let s = session(start, end);
+                let s = sessions.start(start, end);
                 file_body(Source::Fill(fill.waiter(start)), start, end, pin, s)
             })
         }
@@ -197,10 +241,10 @@ pub fn fill_refused(digest: &Digest, e: FillStartError) -> Response<Body> {
     }
 }
 
-/// Starts the fill of a cold blob whose origin and size are known, without serving it: a
-/// registry-API GET does this before answering its 307, so upstream bytes are already on their
-/// way when the client's ranged GETs reach the data plane. `Err` when the fill cannot start.
-pub async fn prefetch(state: &Arc<State>, digest: &Digest) -> Result<(), FillStartError> {
+/// Starts the fill of a cold blob whose origin and size are known, without serving it: the
+/// registry API's `HEAD` does this, so upstream bytes are on their way before the client's GETs
+/// arrive. `Err` when the fill cannot start.
+pub async fn warm(state: &Arc<State>, digest: &Digest) -> Result<(), FillStartError> {
     if state.layout.blob_path(digest).exists() {
         return Ok(());
     }

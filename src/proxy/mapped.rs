@@ -8,8 +8,8 @@ use http_body_util::{BodyExt, StreamBody};
 use hyper::body::Frame;
 use std::sync::Arc;
 
-use crate::distribution::sessions::SessionGuard;
 use crate::http::body::Body;
+use crate::http::sessions::SessionGuard;
 use crate::store::mapped::{slice, Mapping};
 use crate::store::pins::Pin;
 

@@ -1,10 +1,11 @@
 //! The caching registry proxy: the heart of lancached.
 //!
 //! - [`registry`]: the Registry v2 front (`/v2/...`) that a real `ollama pull` talks to, routed
-//!   by `Host`; manifests are cached byte-exact with TTL revalidation and offline serving; blob
-//!   requests answer 307 to the data plane.
-//! - [`dataplane`]: `GET|HEAD /blobs/sha256:<hex>`, Range-exact, served from `blobs/` or from a
-//!   fill in progress.
+//!   by `Host`; blobs are served on the registry's own host, never redirected.
+//! - [`manifests`]: manifests cached byte-exact with TTL revalidation and offline serving, and
+//!   the registry's version gate kept for them ([`gate`]).
+//! - [`dataplane`]: blob bodies, Range-exact, from `blobs/` or from a fill in progress, for the
+//!   registry routes and for `GET|HEAD /blobs/sha256:<hex>` (side-loads, scripts, browsers).
 //! - [`upstream`]: the client that reaches registries and CDNs (own resolvers, rustls, loop guard).
 //! - [`fetch`]: how a fill gets its bytes from a registry (the store's fill engine drives it).
 //! - [`relay`]: what a relayed host (hf.co) answers outside the registry API, passed through
@@ -16,6 +17,8 @@
 
 pub mod dataplane;
 pub mod fetch;
+pub mod gate;
+pub mod manifests;
 pub mod mapped;
 pub mod prefetch;
 pub mod registry;
@@ -28,7 +31,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use crate::config::{BaseUrl, Config};
-use crate::http::Peer;
 use crate::state::State;
 use crate::store::eviction::{ensure_space, NoSpace};
 use crate::store::fill::{FillParams, FillSnapshot, Fills, Joined, Origin};
@@ -48,6 +50,8 @@ pub struct Proxy {
     pub upstream: upstream::Upstream,
     pub counters: Arc<CacheCounters>,
     pub fills: Arc<Fills>,
+    /// Which client versions upstream has answered for each cached manifest.
+    pub gate: gate::VersionGate,
     known: Mutex<HashMap<Digest, KnownBlob>>,
     resumed: AtomicBool,
 }
@@ -64,6 +68,7 @@ impl Proxy {
                 config.cache.max_fills,
             )),
             counters,
+            gate: gate::VersionGate::default(),
             known: Mutex::new(HashMap::new()),
             resumed: AtomicBool::new(false),
         }
@@ -136,31 +141,6 @@ pub fn strip_port(host: &str) -> &str {
     match host.rsplit_once(':') {
         Some((h, p)) if p.bytes().all(|b| b.is_ascii_digit()) && !h.contains(':') => h,
         _ => host,
-    }
-}
-
-/// Where clients reach the data plane: `http.public_url`, else the first advertised address,
-/// else the address this connection arrived on (so the answer works in the client's network).
-pub fn public_base(cfg: &Config, peer: &Peer) -> String {
-    if cfg.http.public_url.is_set() {
-        return cfg.http.public_url.0.clone();
-    }
-    let ip = cfg
-        .dns
-        .advertise
-        .first()
-        .copied()
-        .unwrap_or(peer.local.ip());
-    let host = match ip {
-        std::net::IpAddr::V6(v6) => format!("[{v6}]"),
-        v4 => v4.to_string(),
-    };
-    // The data plane is plain HTTP; a TLS connection's port says nothing about it.
-    let port = if peer.tls { 80 } else { peer.local.port() };
-    if port == 80 {
-        format!("http://{host}")
-    } else {
-        format!("http://{host}:{port}")
     }
 }
 

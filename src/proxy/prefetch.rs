@@ -11,7 +11,7 @@ use lancache_protocol::FillProgress;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, Weak};
 
-use super::registry::{manifest_url, resolve_manifest, Target};
+use super::manifests::{manifest_url, resolve_manifest, Target};
 use super::{base_url, fill_progress, join_fill};
 use crate::http::body::Body;
 use crate::state::State;

@@ -221,10 +221,14 @@ async fn send_once(
     let mut req = req.body(Empty::<Bytes>::new())?;
     let h = req.headers_mut();
     h.insert(header::HOST, HeaderValue::from_str(&authority)?);
-    h.insert(
-        header::USER_AGENT,
-        HeaderValue::from_static(concat!("lancached/", env!("CARGO_PKG_VERSION"))),
-    );
+    // A client's own User-Agent (manifest fetches pass it on: the registry's version gate reads
+    // it) is kept; the cache's own requests name the cache.
+    if !h.contains_key(header::USER_AGENT) {
+        h.insert(
+            header::USER_AGENT,
+            HeaderValue::from_static(concat!("lancached/", env!("CARGO_PKG_VERSION"))),
+        );
+    }
     h.insert(LOOP_HEADER, HeaderValue::from_static("1"));
     // Blobs are stored byte-exact and hashed: no content coding.
     h.insert(

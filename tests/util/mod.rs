@@ -8,7 +8,11 @@ pub mod hop;
 pub mod models;
 pub mod netns;
 pub mod ollama;
+pub mod standin;
+pub mod strict_http;
+pub mod strict_ollama;
 pub mod tls_upstream;
+pub mod transfer_client;
 pub mod upstream;
 
 pub use daemon::Daemon;

@@ -96,6 +96,10 @@ struct Shared {
     registry_requests: AtomicU64,
     manifest_requests: AtomicU64,
     last_accept: Mutex<Option<String>>,
+    /// The registry's version gate: manifests answer 412 to `ollama/<v>` clients below it.
+    min_ollama: Mutex<Option<Vec<u64>>>,
+    /// Every manifest request's User-Agent, in order.
+    manifest_agents: Mutex<Vec<String>>,
     stop: AtomicBool,
     cdn: SocketAddr,
     /// Base URL the registry's blob redirects go to instead of the CDN.
@@ -135,6 +139,8 @@ impl FakeUpstream {
             registry_requests: AtomicU64::new(0),
             manifest_requests: AtomicU64::new(0),
             last_accept: Mutex::new(None),
+            min_ollama: Mutex::new(None),
+            manifest_agents: Mutex::new(Vec::new()),
             stop: AtomicBool::new(false),
             cdn: cdn.local_addr().unwrap(),
             via: Mutex::new(None),
@@ -303,12 +309,35 @@ impl FakeUpstream {
     pub fn cdn_url(&self, digest: &str) -> String {
         cdn_url(self.cdn, digest.trim_start_matches("sha256:"))
     }
+
+    /// Gates manifests like registry.ollama.ai: a client whose `User-Agent` names
+    /// `ollama/<version>` below `min` (e.g. "0.6.0") gets 412 "requires a newer version".
+    pub fn require_ollama(&self, min: Option<&str>) {
+        *self.shared.min_ollama.lock().unwrap() = min.map(version_parts);
+    }
+
+    /// The User-Agent of every manifest request so far.
+    pub fn manifest_agents(&self) -> Vec<String> {
+        self.shared.manifest_agents.lock().unwrap().clone()
+    }
 }
 
 fn cdn_url(cdn: SocketAddr, hex: &str) -> String {
     format!(
         "http://{cdn}/cdn/{hex}?X-Amz-Algorithm=AWS4-HMAC-SHA256&X-Amz-Expires=1200&X-Amz-Signature=0f{hex}"
     )
+}
+
+fn version_parts(v: &str) -> Vec<u64> {
+    v.split(['.', '-']).map_while(|p| p.parse().ok()).collect()
+}
+
+/// The registry's gate: whether this User-Agent is an Ollama older than `min`.
+fn too_old(user_agent: &str, min: &[u64]) -> bool {
+    user_agent
+        .split_whitespace()
+        .find_map(|t| t.strip_prefix("ollama/"))
+        .is_some_and(|v| version_parts(v).as_slice() < min)
 }
 
 impl Drop for FakeUpstream {
@@ -391,6 +420,18 @@ fn serve(mut conn: TcpStream, s: &Shared, is_cdn: bool) -> std::io::Result<()> {
             "manifests" => {
                 s.manifest_requests.fetch_add(1, Ordering::SeqCst);
                 *s.last_accept.lock().unwrap() = req.headers.get("accept").cloned();
+                let agent = req.headers.get("user-agent").cloned().unwrap_or_default();
+                s.manifest_agents.lock().unwrap().push(agent.clone());
+                if let Some(min) = s.min_ollama.lock().unwrap().clone() {
+                    if too_old(&agent, &min) {
+                        return respond(
+                            &mut conn,
+                            412,
+                            &[("Content-Type", "application/json".into())],
+                            br#"{"errors":[{"code":"PRECONDITION_FAILED","message":"this model requires a newer version of Ollama"}]}"#,
+                        );
+                    }
+                }
                 if faults.unauthorized {
                     return respond(
                         &mut conn,
@@ -597,6 +638,45 @@ pub fn raw_request(
     extra: &[(&str, &str)],
 ) -> RawResponse {
     try_request(addr, method, host, path, extra).unwrap()
+}
+
+/// The registry API's "direct URL" for a blob, found the way Ollama's classic downloader finds
+/// it: a GET whose headers are read and whose body is dropped unread. The cache answers 200 with a
+/// `Location` on its own host (no redirect); returns that path, or the status when it is not 200.
+pub fn direct_url(addr: SocketAddr, host: &str, path: &str) -> Result<String, u16> {
+    let mut c = TcpStream::connect(addr).map_err(|_| 0u16)?;
+    c.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+    let req = format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n");
+    c.write_all(req.as_bytes()).map_err(|_| 0u16)?;
+    let mut r = BufReader::new(c);
+    let mut line = String::new();
+    r.read_line(&mut line).map_err(|_| 0u16)?;
+    let status: u16 = line
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let mut location = None;
+    loop {
+        let mut h = String::new();
+        if r.read_line(&mut h).unwrap_or(0) == 0 || h == "\r\n" {
+            break;
+        }
+        if let Some((k, v)) = h.split_once(':') {
+            if k.trim().eq_ignore_ascii_case("location") {
+                location = Some(v.trim().to_string());
+            }
+        }
+    }
+    if status != 200 {
+        return Err(status);
+    }
+    let loc = location.expect("a 200 from the registry API carries a Location");
+    assert!(
+        loc.starts_with('/'),
+        "the direct URL stays on the request's scheme and host: {loc}"
+    );
+    Ok(loc)
 }
 
 /// Like [`raw_request`], for servers that may die or reset the connection mid-answer: an I/O

@@ -1,6 +1,6 @@
-//! Client downloads in progress, for `/api/sessions` and the web UI. Whoever streams bytes to a
-//! client (the tar route here, the proxy's data plane for blobs) calls [`Sessions::start`]
-//! when the response starts, [`SessionGuard::add`] as bytes go out, and drops the guard when the
+//! Client downloads in progress, for `/api/sessions` and the web UI. It lives in the HTTP layer,
+//! below both of its feeders (the proxy's blob bodies and distribution's tar route). Whoever
+//! streams bytes to a client calls [`Sessions::start`] when the response starts, [`SessionGuard::add`] as bytes go out, and drops the guard when the
 //! response ends, completes or is abandoned: a session can never outlive its response.
 //!
 //! The rate is the average since the first byte (cheap, monotone, honest for the short-lived
