@@ -359,7 +359,8 @@ pub async fn ensure_space(state: &Arc<State>, bytes: u64) -> Result<(), NoSpace>
 /// The lifecycle's numbers at one moment, for `stats` and `/metrics`.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct LifecycleSnapshot {
-    /// The latest measurement (refreshed every [`CHECK_EVERY`] and after each prune).
+    /// The latest measurement (refreshed every check, ten seconds apart, and after each
+    /// prune or eviction).
     pub usage: Usage,
     /// `[cache] max_size` and `min_free`.
     pub max_size: u64,

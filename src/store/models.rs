@@ -36,8 +36,8 @@ pub fn list(layout: &Layout, entries: &HashMap<String, Entry>) -> Vec<CachedMode
             continue;
         };
         let entry = entries.get(&model.to_string());
-        // Whole seconds, like the index: a listing's `last_used` must not move between two
-        // listings of an untouched model for want of a rounding.
+        // Truncated to whole seconds, as the index keeps times: both sources of `last_used`
+        // then compare and show alike.
         let mtime = std::fs::metadata(&path)
             .ok()
             .and_then(|m| m.modified().ok())
