@@ -290,8 +290,10 @@ pub fn stats(state: &State) -> Stats {
     {
         stats.dns = Some(state.dns_stats.snapshot());
     }
-    let lifecycle = crate::store::eviction::snapshot(state);
     let mut cache = cache_stats(state);
+    // After the proxy's scan, as before the store had types of its own: the lifecycle's
+    // numbers (`indexing` above all) are then the freshest in the answer.
+    let lifecycle = crate::store::eviction::snapshot(state);
     super::wire::add_lifecycle_usage(&mut cache, &lifecycle);
     stats.cache = Some(cache);
     stats.lifecycle = Some(lifecycle.into());
