@@ -411,8 +411,12 @@ fn index_rebuilt_after_delete_and_corrupt() {
         .collect();
     assert_eq!(aside.len(), 1, "{aside:?}");
     assert!(d.stderr().contains("keeping it aside"), "{}", d.stderr());
-    let s = d.ctl_json(&["stats"]);
-    assert_eq!(s["lifecycle"]["indexing"], false, "{s}");
+    // The start-up scan that rebuilds the index runs in the background: it ends.
+    let mut s = serde_json::Value::Null;
+    wait_for("the rebuild scan to end", Duration::from_secs(10), || {
+        s = d.ctl_json(&["stats"]);
+        s["lifecycle"]["indexing"] == false
+    });
 }
 
 /// Time from spawning the daemon to READY=1.

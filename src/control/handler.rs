@@ -1,9 +1,10 @@
 //! Carries out one control request. Actions that change things (reload, prune, prefetch, CA
-//! rotation) are audited: logged with the caller's uid and pid and the outcome.
+//! rotation) are audited: logged with the caller's uid and pid and the outcome. The store
+//! answers in its own types; [`super::wire`] turns them into the protocol's.
 
 use lancache_protocol::{
-    CaInfo, ErrorKind, ErrorReply, FillProgress, PruneRequest, Request, Response, Stats, Status,
-    SubsystemStatus,
+    CaInfo, CacheStats, ErrorKind, ErrorReply, FillProgress, PruneRequest, Request, Response,
+    Stats, Status, SubsystemStatus,
 };
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -69,7 +70,9 @@ async fn models(state: &Arc<State>) -> Response {
     })
     .await
     {
-        Ok(models) => Response::Models { models },
+        Ok(models) => Response::Models {
+            models: models.into_iter().map(Into::into).collect(),
+        },
         Err(e) => error(ErrorKind::Failed, format!("listing models: {e}")),
     }
 }
@@ -119,7 +122,7 @@ async fn prune(state: &Arc<State>, p: PruneRequest) -> Response {
             state.lifecycle.count_prune(&report);
             if !report.dry_run {
                 tracing::info!(
-                    models = ?report.removed.iter().map(|m| m.name.as_str()).collect::<Vec<_>>(),
+                    models = ?report.names(),
                     blobs = report.blobs_removed,
                     bytes_freed = report.bytes_freed,
                     partial_fills = report.partial_fills_removed,
@@ -128,7 +131,7 @@ async fn prune(state: &Arc<State>, p: PruneRequest) -> Response {
                 // Refresh the usage `stats` shows.
                 state.lifecycle.wake.notify_one();
             }
-            Response::Pruned(report)
+            Response::Pruned(report.into())
         }
         Ok(Err(e @ PruneError::NotFound(_))) => error(ErrorKind::NotFound, e.to_string()),
         Ok(Err(e @ PruneError::Refused(_))) => error(ErrorKind::Failed, e.to_string()),
@@ -191,10 +194,11 @@ fn progress_of(
     p: &dyn crate::store::prefetch::Prefetcher,
     models: &[crate::store::ModelRef],
 ) -> Vec<FillProgress> {
-    let mut fills = p.progress(models);
+    let mut fills: Vec<FillProgress> = p.progress(models).into_iter().map(Into::into).collect();
     for m in models {
         let name = m.to_string();
         if !fills.iter().any(|f| f.model.as_deref() == Some(&name)) {
+            // Nothing from the engine yet, not even a digest: a protocol-only entry.
             fills.push(FillProgress {
                 model: Some(name),
                 digest: String::new(),
@@ -286,8 +290,18 @@ pub fn stats(state: &State) -> Stats {
     {
         stats.dns = Some(state.dns_stats.snapshot());
     }
-    stats.cache = Some(crate::proxy::cache_stats(state));
-    // Last: it fills only the usage fields of the cache section the proxy made.
-    crate::store::eviction::add_stats(state, &mut stats);
+    let mut cache = cache_stats(state);
+    // After the proxy's scan, as before the store had types of its own: the lifecycle's
+    // numbers (`indexing` above all) are then the freshest in the answer.
+    let lifecycle = crate::store::eviction::snapshot(state);
+    super::wire::add_lifecycle_usage(&mut cache, &lifecycle);
+    stats.cache = Some(cache);
+    stats.lifecycle = Some(lifecycle.into());
     stats
+}
+
+/// The cache section as `/cache/stats` serves it: the proxy's view, without the lifecycle's
+/// usage that [`stats`] puts over it.
+pub fn cache_stats(state: &State) -> CacheStats {
+    crate::proxy::cache_stats(state).into()
 }

@@ -7,6 +7,7 @@
 
 pub mod auth;
 pub mod handler;
+pub mod wire;
 
 use anyhow::Result;
 use futures_util::{SinkExt, StreamExt};

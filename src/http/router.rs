@@ -48,7 +48,7 @@ async fn dispatch(req: Request<Incoming>, peer: Peer, state: &Arc<State>) -> Res
     match (req.method(), path) {
         (&Method::GET | &Method::HEAD, "/health") => health(state),
         (&Method::GET | &Method::HEAD, "/cache/stats") => {
-            body::json(StatusCode::OK, &crate::proxy::cache_stats(state))
+            body::json(StatusCode::OK, &crate::control::handler::cache_stats(state))
         }
         (&Method::GET | &Method::HEAD, p) if p == "/v2" || p.starts_with("/v2/") => {
             crate::proxy::registry::handle(req, peer, state).await

@@ -25,7 +25,6 @@ pub mod registry;
 pub mod relay;
 pub mod upstream;
 
-use lancache_protocol::{CacheStats, FillProgress};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -33,8 +32,8 @@ use std::sync::{Arc, Mutex};
 use crate::config::{BaseUrl, Config};
 use crate::state::State;
 use crate::store::eviction::{ensure_space, NoSpace};
-use crate::store::fill::{FillParams, FillSnapshot, Fills, Joined, Origin};
-use crate::store::stats::CacheCounters;
+use crate::store::fill::{FillParams, Fills, Joined, Origin};
+use crate::store::stats::{CacheCounters, CacheSnapshot};
 use crate::store::{Digest, Layout, Manifest, Pins};
 
 /// What the cache knows about a blob it has not necessarily stored: where it comes from and,
@@ -236,23 +235,18 @@ pub async fn resume_leftovers(state: Arc<State>) {
     }
 }
 
-/// A fill in flight as `stats` and `prefetch` report it, under `model`.
-pub fn fill_progress(f: &FillSnapshot, model: String) -> FillProgress {
-    FillProgress {
-        model: Some(model),
-        digest: f.digest.to_string(),
-        size: f.size,
-        landed: f.landed,
-        waiters: f.waiters,
-        state: f.state.clone(),
-    }
-}
-
-/// The cache section of `lancachectl stats` and `/cache/stats`.
-pub fn cache_stats(state: &State) -> CacheStats {
-    let mut s = state.proxy.counters.snapshot();
-    let cfg = state.config();
-    s.max_size = cfg.cache.max_size.0;
+/// The cache section of `lancachectl stats` and `/cache/stats`, as the store's types: the
+/// control layer maps it to the protocol (`crate::control::wire`), so the proxy does not
+/// know the wire format.
+pub fn cache_stats(state: &State) -> CacheSnapshot {
+    let mut s = CacheSnapshot {
+        counts: state.proxy.counters.snapshot(),
+        max_size: state.config().cache.max_size.0,
+        // The lifecycle knows the evictions; `stats` adds them, `/cache/stats` has always
+        // shown 0 here.
+        evictions: 0,
+        ..Default::default()
+    };
     for e in std::fs::read_dir(state.layout.blobs_dir())
         .into_iter()
         .flatten()
@@ -264,15 +258,6 @@ pub fn cache_stats(state: &State) -> CacheStats {
         }
     }
     s.models = state.layout.list_manifests().len() as u64;
-    s.fills = state
-        .proxy
-        .fills
-        .snapshot()
-        .into_iter()
-        .map(|f| {
-            let model = format!("{}/{}", f.origin.registry, f.origin.repository);
-            fill_progress(&f, model)
-        })
-        .collect();
+    s.fills = state.proxy.fills.snapshot();
     s
 }

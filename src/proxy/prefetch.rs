@@ -7,16 +7,15 @@
 use futures_util::future::BoxFuture;
 use http::{HeaderMap, Response};
 use http_body_util::BodyExt;
-use lancache_protocol::FillProgress;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, Weak};
 
 use super::manifests::{manifest_url, resolve_manifest, Target};
-use super::{base_url, fill_progress, join_fill};
+use super::{base_url, join_fill};
 use crate::http::body::Body;
 use crate::state::State;
-use crate::store::fill::{Joined, Origin};
-use crate::store::prefetch::Prefetcher;
+use crate::store::fill::{FillStage, Joined, Origin};
+use crate::store::prefetch::{BlobProgress, Owner, Prefetcher};
 use crate::store::{Digest, Manifest, ModelRef};
 
 pub struct ProxyPrefetcher {
@@ -87,19 +86,13 @@ impl Prefetcher for ProxyPrefetcher {
         })
     }
 
-    fn progress(&self, models: &[ModelRef]) -> Vec<FillProgress> {
+    fn progress(&self, models: &[ModelRef]) -> Vec<BlobProgress> {
         let Some(state) = self.state.upgrade() else {
             return vec![];
         };
         let fills = state.proxy.fills.snapshot();
         if models.is_empty() {
-            return fills
-                .iter()
-                .map(|f| {
-                    let model = format!("{}/{}", f.origin.registry, f.origin.repository);
-                    fill_progress(f, model)
-                })
-                .collect();
+            return fills.iter().map(BlobProgress::of_fill_in_flight).collect();
         }
         let failed = self.failed.lock().unwrap();
         let mut out = Vec::new();
@@ -111,23 +104,23 @@ impl Prefetcher for ProxyPrefetcher {
             let Ok(manifest) = Manifest::parse(&bytes) else {
                 continue;
             };
-            let name = m.to_string();
             for b in manifest.blobs() {
+                let owner = Owner::Model(m.clone());
                 if let Some(f) = fills.iter().find(|f| f.digest == b.digest) {
-                    out.push(fill_progress(f, name.clone()));
+                    out.push(BlobProgress::of_fill(f, owner));
                     continue;
                 }
                 let done = state.layout.blob_path(&b.digest).exists();
                 let st = if done {
-                    "done".to_string()
+                    FillStage::Done
                 } else if let Some(e) = failed.get(&b.digest) {
-                    format!("failed: {e}")
+                    FillStage::Failed(e.clone())
                 } else {
-                    "pending".to_string()
+                    FillStage::Pending
                 };
-                out.push(FillProgress {
-                    model: Some(name.clone()),
-                    digest: b.digest.to_string(),
+                out.push(BlobProgress {
+                    owner,
+                    digest: b.digest.clone(),
                     size: b.size,
                     landed: if done { b.size } else { 0 },
                     waiters: 0,

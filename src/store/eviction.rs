@@ -11,16 +11,19 @@
 //! Watermarks: eviction starts when usage passes `max_size` or free space drops under
 //! `min_free`, and goes on until usage is at most 90% of `max_size` and free space is at least
 //! `min_free` plus a tenth. The fill engine asks for room before a fill with [`ensure_space`].
+//!
+//! What `stats` shows of it is a [`LifecycleSnapshot`], the store's own type: the control
+//! layer maps it to the protocol.
 
 use anyhow::Result;
-use lancache_protocol::{LifecycleStats, ModelUse, PruneReport, Stats};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
-use super::prune::{self, Criteria, Deferred, Store, STALE_PARTIAL_SECS};
+use super::names::ModelRef;
+use super::prune::{self, Criteria, Deferred, PruneReport, Store, STALE_PARTIAL_SECS};
 use super::usage::{self, Usage};
 use crate::config::Config;
 use crate::state::State;
@@ -175,7 +178,7 @@ fn enforce_limits_blocking(state: &State) {
             count_eviction(state, &report);
             if !report.removed.is_empty() || report.partial_fills_removed > 0 {
                 tracing::info!(
-                    models = ?report.removed.iter().map(|m| m.name.as_str()).collect::<Vec<_>>(),
+                    models = ?report.names(),
                     bytes_freed = report.bytes_freed,
                     usage_before = u.bytes,
                     usage_after = after.bytes,
@@ -318,7 +321,7 @@ pub async fn ensure_space(state: &Arc<State>, bytes: u64) -> Result<(), NoSpace>
             count_eviction(&s, &report);
             if !report.removed.is_empty() {
                 tracing::info!(
-                    models = ?report.removed.iter().map(|m| m.name.as_str()).collect::<Vec<_>>(),
+                    models = ?report.names(),
                     bytes_freed = report.bytes_freed,
                     "evicted least recently used models to make room for a {} fill",
                     size(bytes)
@@ -353,19 +356,51 @@ pub async fn ensure_space(state: &Arc<State>, bytes: u64) -> Result<(), NoSpace>
     outcome
 }
 
-/// Adds the lifecycle's numbers to `stats`: usage into the cache section, and a lifecycle
-/// section of its own.
-pub fn add_stats(state: &State, stats: &mut Stats) {
+/// The lifecycle's numbers at one moment, for `stats` and `/metrics`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LifecycleSnapshot {
+    /// The latest measurement (refreshed every check, ten seconds apart, and after each
+    /// prune or eviction).
+    pub usage: Usage,
+    /// `[cache] max_size` and `min_free`.
+    pub max_size: u64,
+    pub min_free: u64,
+    pub models: u64,
+    /// Models found in the directory rather than fetched.
+    pub local_models: u64,
+    /// Eviction runs that removed something, the models they removed and the bytes freed.
+    pub evictions: u64,
+    pub evicted_models: u64,
+    pub evicted_bytes: u64,
+    /// Prunes that were not dry runs, the models they removed and the bytes freed.
+    pub prunes: u64,
+    pub pruned_models: u64,
+    pub pruned_bytes: u64,
+    /// Fills refused because no room could be made.
+    pub no_space: u64,
+    pub deferred_blobs: u64,
+    /// The start-up scan of the directory is still running.
+    pub indexing: bool,
+    /// The most requested models, most first (at most [`TOP_MODELS`]).
+    pub top_models: Vec<ModelUse>,
+}
+
+/// How many models [`LifecycleSnapshot::top_models`] lists.
+pub const TOP_MODELS: usize = 10;
+
+/// How often a model's manifest was asked for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ModelUse {
+    pub model: ModelRef,
+    pub hits: u64,
+    pub last_used: SystemTime,
+}
+
+/// The lifecycle's numbers now.
+pub fn snapshot(state: &State) -> LifecycleSnapshot {
     let lc = &state.lifecycle;
     let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
-    let u = lc.usage();
     let config = state.config();
-    let cache = stats.cache.get_or_insert_with(Default::default);
-    cache.usage_bytes = u.bytes;
-    cache.max_size = config.cache.max_size.0;
-    cache.models = get(&lc.models);
-    cache.blobs = u.blobs;
-    cache.evictions = get(&lc.evicted_models);
     let mut top: Vec<(String, crate::store::index::Entry)> = state
         .index
         .manifests()
@@ -374,11 +409,25 @@ pub fn add_stats(state: &State, stats: &mut Stats) {
         .filter(|(_, e)| e.hits > 0)
         .collect();
     top.sort_by(|a, b| b.1.hits.cmp(&a.1.hits).then_with(|| a.0.cmp(&b.0)));
-    top.truncate(10);
-    stats.lifecycle = Some(LifecycleStats {
-        free_bytes: u.free,
+    // The index keys manifests by `ModelRef`'s `Display`, so every key parses; one that does
+    // not (an index written by a build with other name rules) has no model to show and is left
+    // out rather than shown raw.
+    let top_models = top
+        .into_iter()
+        .filter_map(|(name, e)| {
+            Some(ModelUse {
+                model: ModelRef::parse(&name).ok()?,
+                hits: e.hits,
+                last_used: UNIX_EPOCH + Duration::from_secs(e.last_access),
+            })
+        })
+        .take(TOP_MODELS)
+        .collect();
+    LifecycleSnapshot {
+        usage: lc.usage(),
+        max_size: config.cache.max_size.0,
         min_free: config.cache.min_free.0,
-        partial_bytes: u.partial_bytes,
+        models: get(&lc.models),
         local_models: get(&lc.local_models),
         evictions: get(&lc.evictions),
         evicted_models: get(&lc.evicted_models),
@@ -389,17 +438,8 @@ pub fn add_stats(state: &State, stats: &mut Stats) {
         no_space: get(&lc.no_space),
         deferred_blobs: lc.deferred.len() as u64,
         indexing: lc.indexing.load(Ordering::Relaxed),
-        top_models: top
-            .into_iter()
-            .map(|(name, e)| ModelUse {
-                name: crate::store::ModelRef::parse(&name)
-                    .map(|m| m.short_name())
-                    .unwrap_or(name),
-                hits: e.hits,
-                last_used: e.last_access,
-            })
-            .collect(),
-    });
+        top_models,
+    }
 }
 
 #[cfg(test)]

@@ -185,7 +185,23 @@ pub struct FillSnapshot {
     pub size: u64,
     pub landed: u64,
     pub waiters: u32,
-    pub state: String,
+    pub state: FillStage,
+}
+
+/// Where a blob stands, as `stats` and `prefetch` report it. An enum rather than the words the
+/// control protocol shows, so the store does not know how its clients spell them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FillStage {
+    /// Wanted but no fill has started yet (prefetch only).
+    Pending,
+    /// Slices are being fetched.
+    Filling,
+    /// Verified, being made durable and renamed into `blobs/`.
+    Publishing,
+    /// In `blobs/`.
+    Done,
+    /// The fill failed, for this reason.
+    Failed(String),
 }
 
 /// All fills in flight (single-flight per digest) and the bound on how many run at once.
@@ -300,10 +316,10 @@ impl Fills {
                     landed,
                     waiters: st.waiters.len() as u32,
                     state: match &st.outcome {
-                        Outcome::Running => "filling".into(),
-                        Outcome::Verified => "publishing".into(),
-                        Outcome::Done => "done".into(),
-                        Outcome::Failed(e) => format!("failed: {e}"),
+                        Outcome::Running => FillStage::Filling,
+                        Outcome::Verified => FillStage::Publishing,
+                        Outcome::Done => FillStage::Done,
+                        Outcome::Failed(e) => FillStage::Failed(e.clone()),
                     },
                 }
             })
@@ -1213,7 +1229,7 @@ mod tests {
         assert_eq!(got, s.data.len() as u64);
         // The whole body went out while publication still waits on its fsync.
         assert!(s.blobs().is_empty(), "{:?}", s.blobs());
-        assert_eq!(s.fills.snapshot()[0].state, "publishing");
+        assert_eq!(s.fills.snapshot()[0].state, FillStage::Publishing);
         publish.open();
         fill.finished().await.unwrap();
         assert_eq!(std::fs::read(s.layout.blob_path(&digest)).unwrap(), s.data);

@@ -15,13 +15,15 @@
 //! recently used models until the cache is under `--max-size` (and, for eviction, until enough
 //! bytes are free). Fills in progress (`.lancached/partial/`) untouched for longer than the stale
 //! threshold and not pinned are removed too.
+//!
+//! A run answers with a [`PruneReport`] of the store's own; the control layer maps it to the
+//! protocol.
 
-use lancache_protocol::{PruneReport, PrunedModel};
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
-use std::time::UNIX_EPOCH;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use super::index::{now_secs, Index};
 use super::layout::Layout;
@@ -47,6 +49,34 @@ pub struct Criteria {
     pub dry_run: bool,
     /// Fills in progress untouched for this many seconds are removed.
     pub partial_older_than: u64,
+}
+
+/// What one prune removed (or, dry, would remove).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PruneReport {
+    pub dry_run: bool,
+    /// The models chosen, in the order they were chosen.
+    pub removed: Vec<PrunedModel>,
+    pub blobs_removed: u64,
+    /// Blobs and stale partial fills together.
+    pub bytes_freed: u64,
+    pub partial_fills_removed: u64,
+}
+
+impl PruneReport {
+    /// The removed models' short names, for log lines.
+    pub fn names(&self) -> Vec<String> {
+        self.removed.iter().map(|m| m.model.short_name()).collect()
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PrunedModel {
+    pub model: ModelRef,
+    /// The bytes of the blobs that went with this model (shared blobs count for the first
+    /// chosen model that held their last reference).
+    pub bytes: u64,
+    pub last_used: Option<SystemTime>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -445,9 +475,11 @@ pub fn prune(store: &Store, c: &Criteria) -> Result<PruneReport, PruneError> {
     report.removed = chosen
         .iter()
         .map(|&i| PrunedModel {
-            name: cached[i].model.short_name(),
+            model: cached[i].model.clone(),
             bytes: per_model.get(&i).copied().unwrap_or(0),
-            last_used: cached[i].last_used,
+            last_used: cached[i]
+                .last_used
+                .map(|t| UNIX_EPOCH + Duration::from_secs(t)),
         })
         .collect();
     Ok(report)
@@ -610,7 +642,7 @@ mod tests {
             },
         )
         .unwrap();
-        let names: Vec<_> = r.removed.iter().map(|m| m.name.as_str()).collect();
+        let names: Vec<_> = r.removed.iter().map(|m| m.model.short_name()).collect();
         assert_eq!(names, ["old:latest"]);
         assert!(!f.layout.manifest_path(&old).exists() && f.layout.manifest_path(&new).exists());
     }

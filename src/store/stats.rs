@@ -1,11 +1,14 @@
 //! The cache's counters: manifest and blob hits and misses, bytes served from the cache and
 //! fetched from upstream, fills and their failures by kind, overall and per registry. The proxy
-//! and the fill engine bump them; `lancachectl stats` and `/cache/stats` read a snapshot.
+//! and the fill engine bump them; `lancachectl stats` and `/cache/stats` read a snapshot. The
+//! snapshot is the store's own type: the control layer maps it to the protocol, so the wire
+//! format can change without the store knowing.
 
-use lancache_protocol::{CacheStats, RegistryStats};
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
+
+use super::fill::FillSnapshot;
 
 #[derive(Default)]
 pub struct CacheCounters {
@@ -20,7 +23,53 @@ pub struct CacheCounters {
     pub fills_completed: AtomicU64,
     pub fills_failed: AtomicU64,
     failures: Mutex<BTreeMap<String, u64>>,
-    per_registry: Mutex<BTreeMap<String, RegistryStats>>,
+    per_registry: Mutex<BTreeMap<String, RegistryCounts>>,
+}
+
+/// One registry's share of the counters.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RegistryCounts {
+    pub manifest_hits: u64,
+    pub manifest_misses: u64,
+    pub blob_hits: u64,
+    pub blob_misses: u64,
+    pub bytes_from_cache: u64,
+    pub bytes_from_upstream: u64,
+}
+
+/// The counters at one moment ([`CacheCounters::snapshot`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Counts {
+    pub manifest_hits: u64,
+    pub manifest_misses: u64,
+    pub manifest_revalidations: u64,
+    pub manifest_offline_serves: u64,
+    pub blob_hits: u64,
+    pub blob_misses: u64,
+    pub bytes_from_cache: u64,
+    pub bytes_from_upstream: u64,
+    pub fills_completed: u64,
+    pub fills_failed: u64,
+    /// Failures by kind ("digest_mismatch", "upstream_status", "stall", "disk_full", ...).
+    pub failures: BTreeMap<String, u64>,
+    /// By registry host.
+    pub per_registry: BTreeMap<String, RegistryCounts>,
+}
+
+/// The cache as `stats` shows it: the counters, what the directory holds, and the fills in
+/// flight. Put together by whoever holds the counters and the fills (the proxy).
+#[derive(Default)]
+pub struct CacheSnapshot {
+    pub counts: Counts,
+    /// Bytes of published blobs.
+    pub usage_bytes: u64,
+    /// `[cache] max_size`.
+    pub max_size: u64,
+    pub models: u64,
+    pub blobs: u64,
+    /// Models evicted since start.
+    pub evictions: u64,
+    pub fills: Vec<FillSnapshot>,
 }
 
 /// Which per-registry counter an event bumps.
@@ -74,11 +123,10 @@ impl CacheCounters {
             .or_insert(0) += 1;
     }
 
-    /// The counters as the control protocol reports them (fills and disk usage are added by
-    /// the caller, which knows them).
-    pub fn snapshot(&self) -> CacheStats {
+    /// The counters now (fills and disk usage are added by the caller, which knows them).
+    pub fn snapshot(&self) -> Counts {
         let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
-        CacheStats {
+        Counts {
             manifest_hits: get(&self.manifest_hits),
             manifest_misses: get(&self.manifest_misses),
             manifest_revalidations: get(&self.manifest_revalidations),
@@ -91,7 +139,6 @@ impl CacheCounters {
             fills_failed: get(&self.fills_failed),
             failures: self.failures.lock().unwrap().clone(),
             per_registry: self.per_registry.lock().unwrap().clone(),
-            ..Default::default()
         }
     }
 }
