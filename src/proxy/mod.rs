@@ -132,6 +132,17 @@ pub fn base_url(cfg: &Config, registry: &str) -> Option<BaseUrl> {
         .map(|(_, v)| v.clone())
 }
 
+/// The host the client asked for (HTTP/1 `Host`, or the HTTP/2 authority), lower case.
+pub fn request_host<B>(req: &http::Request<B>) -> String {
+    req.headers()
+        .get(http::header::HOST)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string)
+        .or_else(|| req.uri().authority().map(|a| a.to_string()))
+        .unwrap_or_default()
+        .to_ascii_lowercase()
+}
+
 /// `host[:port]` or `[v6]:port` -> host.
 pub fn strip_port(host: &str) -> &str {
     if let Some(rest) = host.strip_prefix('[') {

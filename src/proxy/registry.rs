@@ -80,7 +80,7 @@ enum Route {
 /// `/v2/...`.
 pub async fn handle(req: Request<Incoming>, peer: Peer, state: &Arc<State>) -> Response<Body> {
     let cfg = state.config();
-    let Some((registry, base)) = registry_for(&cfg, &request_host(&req)) else {
+    let Some((registry, base)) = registry_for(&cfg, &super::request_host(&req)) else {
         return error(
             StatusCode::SERVICE_UNAVAILABLE,
             "UNAVAILABLE",
@@ -235,15 +235,4 @@ async fn blob(
         }
     }
     resp
-}
-
-/// The host the client asked for (HTTP/1 `Host`, or the HTTP/2 authority).
-fn request_host(req: &Request<Incoming>) -> String {
-    req.headers()
-        .get(header::HOST)
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_string)
-        .or_else(|| req.uri().authority().map(|a| a.to_string()))
-        .unwrap_or_default()
-        .to_ascii_lowercase()
 }

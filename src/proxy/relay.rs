@@ -45,16 +45,12 @@ pub fn stays_with_cache(path: &str) -> bool {
 /// The base URL to relay `req` to: its host is a relayed host configured in
 /// `[upstream.registries]` (so tests and mirrors point it elsewhere, like the registry API).
 pub fn target(cfg: &Config, req: &Request<Incoming>) -> Option<BaseUrl> {
-    let host = req
-        .headers()
-        .get(header::HOST)
-        .and_then(|v| v.to_str().ok())
-        .or_else(|| req.uri().authority().map(|a| a.as_str()))?;
-    let host = strip_port(host).trim_end_matches('.').to_ascii_lowercase();
-    if !RELAYED_HOSTS.contains(&host.as_str()) {
+    let host = super::request_host(req);
+    let host = strip_port(&host).trim_end_matches('.');
+    if !RELAYED_HOSTS.contains(&host) {
         return None;
     }
-    base_url(cfg, &host)
+    base_url(cfg, host)
 }
 
 /// Relays `req` to `base` and streams the answer back.
