@@ -592,15 +592,7 @@ fn real_ollama_pulls_an_upper_case_hf_co_name() {
         std::fs::create_dir_all(&models).unwrap();
         let o = crate::util::ollama::Ollama::serve(&models, 11434, Some(&ns), &[]);
         let name = format!("hf.co/{REPO}:{QUANT}");
-        let out = o.cli(&["pull", "--insecure", &name]);
-        assert!(
-            out.status.success(),
-            "ollama pull failed: {}\n{}\nserve log:\n{}\ndaemon:\n{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr),
-            o.log(),
-            d.stderr()
-        );
+        o.pull_ok(&["--insecure", &name], &d);
         let list = o.list();
         let id = &digest(&manifest)[7..19];
         assert!(list.iter().any(|(_, i)| i == id), "{list:?}");
@@ -702,14 +694,7 @@ fn real_ollama_over_https_needs_the_rotated_ca_for_hf_co() {
         // After `lancachectl ca --rotate` (and the client trusting the new CA), it pulls.
         d.ctl_json(&["ca", "--rotate"]);
         let after = client("after");
-        let out = after.cli(&["pull", &name]);
-        assert!(
-            out.status.success(),
-            "{}\nserve log:\n{}\ndaemon:\n{}",
-            text(&out),
-            after.log(),
-            d.stderr()
-        );
+        after.pull_ok(&[&name], &d);
         let id = &digest(&manifest)[7..19];
         assert!(after.list().iter().any(|(n, i)| *n == name && i == id));
     })

@@ -75,19 +75,10 @@ fn run_in_namespace(ns: &NetNs) {
     let a = client("a", 11434);
     let b = client("b", 11435);
     let pull = |o: &Ollama| {
-        let out = o.cli(&[
-            "pull",
-            "--insecure",
-            "registry.ollama.ai/library/tinyllm:latest",
-        ]);
-        assert!(
-            out.status.success(),
-            "ollama pull failed: {}\n{}\nserve log:\n{}\ndaemon:\n{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr),
-            o.log(),
-            d.stderr()
-        );
+        o.pull_ok(
+            &["--insecure", "registry.ollama.ai/library/tinyllm:latest"],
+            &d,
+        )
     };
     std::thread::scope(|s| {
         s.spawn(|| pull(&a));

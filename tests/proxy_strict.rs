@@ -345,21 +345,6 @@ fn in_namespace(f: impl FnOnce(&NetNs) + Send + 'static) {
     .unwrap();
 }
 
-/// `ollama pull ARGS` through `o`; the error text on failure.
-fn real_pull(o: &Ollama, args: &[&str]) -> Result<(), String> {
-    let mut a = vec!["pull"];
-    a.extend(args);
-    let out = o.cli(&a);
-    if out.status.success() {
-        return Ok(());
-    }
-    Err(format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    ))
-}
-
 /// The real client's half of the matrix for one protocol: two clients pull the first model at
 /// once, then one pulls each remaining name; every failure is collected and shown at once.
 fn real_matrix(ns: &NetNs, insecure: bool) {
@@ -405,8 +390,8 @@ fn real_matrix(ns: &NetNs, insecure: bool) {
     let args = with("registry.ollama.ai/library/tiny");
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let (ra, rb) = std::thread::scope(|s| {
-        let ta = s.spawn(|| real_pull(&a, &args));
-        let tb = s.spawn(|| real_pull(&b, &args));
+        let ta = s.spawn(|| a.pull(&args));
+        let tb = s.spawn(|| b.pull(&args));
         (ta.join().unwrap(), tb.join().unwrap())
     });
     let mut failures = Vec::new();
@@ -461,7 +446,7 @@ fn real_matrix(ns: &NetNs, insecure: bool) {
         let (m, blobs) = offer(&up, repo, tag, 210 + i as u64);
         let args = with(name);
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        match real_pull(&a, &args) {
+        match a.pull(&args) {
             Ok(()) => {
                 let refs: Vec<&[u8]> = blobs.iter().map(|b| &b[..]).collect();
                 assert_pulled(&a.models, mpath, &m, &refs);

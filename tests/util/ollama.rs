@@ -100,6 +100,33 @@ impl Ollama {
             .expect("run ollama")
     }
 
+    /// `ollama pull ARGS`; the client's output on failure.
+    pub fn pull(&self, args: &[&str]) -> Result<(), String> {
+        let mut a = vec!["pull"];
+        a.extend(args);
+        let out = self.cli(&a);
+        if out.status.success() {
+            return Ok(());
+        }
+        Err(format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ))
+    }
+
+    /// `ollama pull ARGS`, which must succeed; a failure shows the client's output, its
+    /// server's log and the daemon's.
+    pub fn pull_ok(&self, args: &[&str], daemon: &super::Daemon) {
+        if let Err(e) = self.pull(args) {
+            panic!(
+                "ollama pull {args:?} failed: {e}\nserve log:\n{}\ndaemon:\n{}",
+                self.log(),
+                daemon.stderr()
+            );
+        }
+    }
+
     /// `ollama list` as (name, id) pairs.
     pub fn list(&self) -> Vec<(String, String)> {
         let out = self.cli(&["list"]);
