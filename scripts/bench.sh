@@ -107,6 +107,8 @@ row() {
       row "DNS $w qps" dns.$w.lancached.qps dns.$w.unbound.qps "unbound, 1 thread" ge 1.0 0
       row "DNS $w qps" dns.$w.lancached.qps dns.$w.dnsmasq.qps "dnsmasq" peer "" 0
     done
+    row "DNS one source, default rate_limit, qps" dns.limited.lancached-default.qps dns.limited.unbound.qps "unbound, 1 thread" ge 0.8 0
+    row "DNS one source, rate_limit 2000, queries lost" dns.limited.lancached-2000.lost "" "" absle 0 0
   fi
   if [[ ,$PARTS, == *,startup,* ]]; then
     row "start-up to READY=1, ${BLOBS:-10000} blobs, index present (ms)" startup.warm_index.ready_ms "" "" absle 100 1

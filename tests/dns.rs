@@ -9,7 +9,9 @@
 //! - all upstreams down or silent: SERVFAIL well inside the per-resolver timeout budget; a
 //!   resolver that is the daemon itself is skipped rather than looped through;
 //! - a source outside `[dns] allow` gets REFUSED and is counted;
-//! - the per-client rate limit drops what exceeds it and counts it;
+//! - the per-client rate limit (UDP only) answers what exceeds it with TC=1, no larger than the
+//!   query (slip 1, as BIND's and Knot's RRL), and counts it; kdig and a client of our own retry
+//!   over TCP and lose nothing at 10× the limit;
 //! - garbage datagrams and TCP frames are dropped or FORMERR'd, the server keeps answering;
 //! - `lancachectl reload` applies new intercepts, advertise addresses and allow lists;
 //! - `lancachectl stats` shows the counters;
@@ -394,7 +396,7 @@ fn reload_applies_intercepts_advertise_and_allow() {
 }
 
 #[test]
-fn rate_limit_drops_the_excess() {
+fn rate_limit_slips_to_tcp() {
     if !programs() {
         return;
     }
@@ -404,21 +406,94 @@ fn rate_limit_drops_the_excess() {
     let s = UdpSocket::bind("127.0.0.1:0").unwrap();
     s.set_read_timeout(Some(Duration::from_millis(500)))
         .unwrap();
+    let q = query_bytes(0, "registry.ollama.ai.", 1);
     for id in 0..40u16 {
         s.send_to(&query_bytes(id, "registry.ollama.ai.", 1), d.dns.unwrap())
             .unwrap();
     }
-    let mut answered = 0;
+    let (mut answered, mut truncated) = (0, 0);
     let mut buf = [0u8; 512];
-    while s.recv(&mut buf).is_ok() {
-        answered += 1;
+    while let Ok(n) = s.recv(&mut buf) {
+        let r = &buf[..n];
+        if r[2] & 0x02 != 0 {
+            truncated += 1;
+            // Header and question only, never longer than the query: no amplification.
+            assert_eq!(&r[6..12], &[0; 6], "no records in a slip: {r:?}");
+            assert!(
+                n <= q.len(),
+                "slip of {n} bytes to a {}-byte query",
+                q.len()
+            );
+        } else {
+            answered += 1;
+        }
     }
     assert!((5..=8).contains(&answered), "{answered} answered");
+    assert_eq!(answered + truncated, 40, "every query gets a reply");
     let stats = d.ctl_json(&["stats"]);
     assert!(
         stats["dns"]["rate_limited"].as_u64().unwrap() >= 30,
         "{stats}"
     );
+    assert_eq!(stats["dns"]["slipped"], stats["dns"]["rate_limited"]);
+
+    // kdig follows TC=1 over TCP: with the bucket empty it still gets its answer.
+    for _ in 0..10 {
+        s.send_to(&q, d.dns.unwrap()).unwrap();
+    }
+    let out = kdig(&d, &["registry.ollama.ai", "A"]);
+    assert!(out.contains("192.0.2.10"), "{out}");
+}
+
+/// One source at 10× `rate_limit` over UDP, retrying over TCP whenever it gets TC=1 (what a
+/// stub resolver or a forwarder does): every query is answered.
+#[test]
+fn a_source_at_ten_times_the_limit_loses_nothing() {
+    if !programs() {
+        return;
+    }
+    let d = Daemon::builder()
+        .config("[dns]\nrate_limit = 100\nadvertise = [\"192.0.2.10\"]\n")
+        .start();
+    let dns = d.dns.unwrap();
+    let s = UdpSocket::bind("127.0.0.1:0").unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+    let (total, mut udp, mut tcp) = (1000u16, 0, 0);
+    let start = Instant::now();
+    let mut buf = [0u8; 512];
+    for id in 0..total {
+        // 1000 queries over one second: ten times the limit.
+        let due = Duration::from_millis(u64::from(id));
+        if let Some(wait) = due.checked_sub(start.elapsed()) {
+            std::thread::sleep(wait);
+        }
+        let q = query_bytes(id, "registry.ollama.ai.", 1);
+        s.send_to(&q, dns).unwrap();
+        let n = s.recv(&mut buf).expect("every UDP query gets a reply");
+        assert_eq!(&buf[..2], &id.to_be_bytes());
+        if buf[2] & 0x02 == 0 {
+            assert_eq!(u16::from_be_bytes([buf[6], buf[7]]), 1, "{:?}", &buf[..n]);
+            udp += 1;
+            continue;
+        }
+        let mut t = TcpStream::connect(dns).unwrap();
+        let mut framed = (q.len() as u16).to_be_bytes().to_vec();
+        framed.extend_from_slice(&q);
+        t.write_all(&framed).unwrap();
+        let mut len = [0u8; 2];
+        t.read_exact(&mut len).unwrap();
+        let mut r = vec![0u8; u16::from_be_bytes(len) as usize];
+        t.read_exact(&mut r).unwrap();
+        assert_eq!(
+            u16::from_be_bytes([r[6], r[7]]),
+            1,
+            "answered over TCP: {r:?}"
+        );
+        tcp += 1;
+    }
+    assert_eq!(udp + tcp, total as usize);
+    assert!(tcp > 500, "most went over TCP ({udp} UDP, {tcp} TCP)");
+    eprintln!("1000 queries at 10x the limit: {udp} answered over UDP, {tcp} after TC=1 over TCP");
 }
 
 #[test]

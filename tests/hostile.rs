@@ -36,7 +36,7 @@
 //!
 //! Also covered elsewhere: `distribution::path_tricks_are_refused` (a first set of path tricks
 //! and planted symlinks on `/manifests/` and `/models/`), `proxy::manifest_errors_revalidation_and_offline`
-//! (invalid registry names), `dns::sources_outside_allow_are_refused`, `dns::rate_limit_drops_the_excess`,
+//! (invalid registry names), `dns::sources_outside_allow_are_refused`, `dns::rate_limit_slips_to_tcp`,
 //! `dns::garbage_is_survived`, `control::other_uid_is_refused` and
 //! `control::malformed_frames_get_errors`, `metrics::metrics_forbidden_outside_metrics_allow`.
 

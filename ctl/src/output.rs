@@ -325,8 +325,9 @@ fn stats(o: &mut String, s: &Stats, st: Style) {
         };
         let _ = writeln!(
             o,
-            "{pad}{} rate-limited, {} malformed{latency}",
+            "{pad}{} rate-limited ({} sent to TCP), {} malformed{latency}",
             count(d.rate_limited),
+            count(d.slipped),
             count(d.malformed)
         );
     }

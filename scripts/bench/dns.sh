@@ -7,7 +7,11 @@
 # For each server and workload: the median of RUNS runs of SECS seconds of queries per second,
 # queries lost, and server CPU microseconds per query (utime+stime from /proc/PID/stat).
 # Prints a table, then `RESULT dns.<workload>.<server>.<figure>=<value>` lines for
-# scripts/bench.sh.  env: RUNS=5 SECS=4 CLIENTS=4 RATE=40000 LANCACHED_BIN=...
+# scripts/bench.sh. A third workload, limited, runs the intercepted queries from dnsperf's one
+# source against lancached with its default rate_limit and with rate_limit = 2000 (the old
+# default): past the limit UDP gets TC=1 instead of silence, so nothing is lost (dnsperf counts a
+# truncated answer as an answer; it does not retry over TCP).
+#   env: RUNS=5 SECS=4 CLIENTS=4 RATE=40000 LANCACHED_BIN=...
 # Needs: a release build (cargo build --release), dnsperf, unbound, dnsmasq. Bounded: about
 # 2 x 3 x RUNS x SECS seconds plus start-up.
 set -euo pipefail
@@ -54,6 +58,17 @@ filter = "warn"
 CONF
 "$bin" --config "$tmp/lancached.toml" 2>"$tmp/lancached.log" &
 lc_pid=$!; pids+=($lc_pid)
+
+# The same daemon twice more for the limited workload: default rate_limit, and 2000.
+LD=127.0.0.64; LDPORT=5364; LL=127.0.0.65; LLPORT=5365
+sed -e "s/$LC:$LCPORT/$LD:$LDPORT/" -e '/^rate_limit = 0$/d' -e "s#$tmp/cache#$tmp/cache-d#" \
+  -e "s#$tmp/control.sock#$tmp/control-d.sock#" "$tmp/lancached.toml" > "$tmp/lancached-default.toml"
+sed -e "s/$LC:$LCPORT/$LL:$LLPORT/" -e 's/^rate_limit = 0$/rate_limit = 2000/' -e "s#$tmp/cache#$tmp/cache-l#" \
+  -e "s#$tmp/control.sock#$tmp/control-l.sock#" "$tmp/lancached.toml" > "$tmp/lancached-2000.toml"
+"$bin" --config "$tmp/lancached-default.toml" 2>"$tmp/lancached-default.log" &
+ld_pid=$!; pids+=($ld_pid)
+"$bin" --config "$tmp/lancached-2000.toml" 2>"$tmp/lancached-2000.log" &
+ll_pid=$!; pids+=($ll_pid)
 
 cat > "$tmp/unbound.conf" <<CONF
 server:
@@ -137,6 +152,15 @@ for work in intercepted forwarded; do
   done
 done
 
+# One source against the rate limit (dnsperf's sockets share one address).
+for r in $(seq "$RUNS"); do
+  for s in "lancached-default $LD $LDPORT $ld_pid" "lancached-2000 $LL $LLPORT $ll_pid" "unbound $UB $UBPORT $ub_pid"; do
+    set -- $s
+    read -r q l c < <(run "$2" "$3" "$4" "$tmp/intercepted.txt")
+    qps[$1.limited]+="$q "; lost[$1.limited]+="$l "; cpu[$1.limited]+="$c "
+  done
+done
+
 echo
 echo "dnsperf -c $CLIENTS, $RUNS runs x ${SECS}s each, median; loopback; $(nproc) cores"
 printf '| %-11s | %-9s | %10s | %10s | %10s | %18s | %18s |\n' workload server qps "vs unbound" "lost (sum)" "CPU µs/q saturated" "CPU µs/q at $RATE/s"
@@ -153,6 +177,15 @@ for work in intercepted forwarded; do
     results+="RESULT dns.$work.$srv.qps=$m"$'\n'"RESULT dns.$work.$srv.lost=$l"$'\n'
     results+="RESULT dns.$work.$srv.cpu_us_per_query=$c"$'\n'
   done
+done
+base=$(tr ' ' '\n' <<<"${qps[unbound.limited]}" | grep . | median)
+results+="RESULT dns.limited.unbound.qps=$base"$'\n'
+for srv in lancached-default lancached-2000; do
+  m=$(tr ' ' '\n' <<<"${qps[$srv.limited]}" | grep . | median)
+  l=$(tr ' ' '\n' <<<"${lost[$srv.limited]}" | grep . | awk '{s+=$1} END {print s+0}')
+  ratio=$(awk -v a="$m" -v b="$base" 'BEGIN { printf "%.2f", (b > 0 ? a / b : 0) }')
+  printf '| %-11s | %-9s | %10.0f | %10s | %10s | %18s | %18s |\n' limited "${srv#lancached-}" "$m" "$ratio" "$l" - -
+  results+="RESULT dns.limited.$srv.qps=$m"$'\n'"RESULT dns.limited.$srv.lost=$l"$'\n'
 done
 # Machine-readable figures for scripts/bench.sh.
 printf '%s' "$results"

@@ -162,7 +162,7 @@ impl Default for DnsConfig {
             .collect(),
             intercept: vec![],
             ttl: HumanDuration::secs(60),
-            rate_limit: 2000,
+            rate_limit: 20_000,
             cache: true,
             upstream_timeout: HumanDuration::secs(2),
             tcp_max_connections: 512,

@@ -117,14 +117,22 @@ impl Engine {
         }
         let table = self.table.load();
         // The limit comes first so that refusals, too, cannot be used to flood a spoofed victim.
-        if !self.limiter.allow(canonical(req.src), table.rate_limit) {
+        // The limit is for UDP only, as in BIND's and Knot's response rate limiting: that is
+        // where a spoofed source can turn the cache against a victim. A TCP client has proven
+        // its address, and TCP is where a limited client is sent to ask again.
+        if req.transport == Transport::Udp
+            && !self.limiter.allow(canonical(req.src), table.rate_limit)
+        {
             bump(&self.stats.rate_limited);
-            // Over UDP silence is the point (a spoofed victim gets nothing); a TCP client has
-            // proven its address and is told why.
-            return match req.transport {
-                Transport::Udp => Outcome::Drop,
-                Transport::Tcp => Outcome::Reply(error_reply(b, ResponseCode::Refused)),
-            };
+            // Slip 1: a client of ours over the limit (most often the LAN router forwarding
+            // everyone's queries) gets a truncated answer and retries over TCP, so it loses
+            // nothing; the answer is never larger than the query. A source outside `allow` is
+            // dropped: it would only be refused anyway.
+            if !table.allowed(req.src) {
+                return Outcome::Drop;
+            }
+            bump(&self.stats.slipped);
+            return Outcome::Reply(slip_reply(b));
         }
         if !table.allowed(req.src) {
             bump(&self.stats.refused);
@@ -383,11 +391,35 @@ pub fn error_reply(b: &[u8], rcode: ResponseCode) -> Vec<u8> {
     }
 }
 
+/// A rate-limited UDP query's answer: header with TC set and the question only, so the client
+/// asks again over TCP (RFC 7766). It is no longer than the query (no OPT, no records).
+pub fn slip_reply(b: &[u8]) -> Vec<u8> {
+    let mut out = error_reply(b, ResponseCode::NoError);
+    out[2] |= 0x02;
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::config::Config;
     use hickory_proto::rr::RecordType;
+
+    /// A slip is the question with TC set and nothing else: never larger than the query,
+    /// even one carrying EDNS.
+    #[test]
+    fn slip_is_header_and_question_only() {
+        let mut q = vec![0xab, 0xcd, 0x01, 0x00, 0, 1, 0, 0, 0, 0, 0, 1];
+        q.extend_from_slice(b"\x08registry\x06ollama\x02ai\x00\x00\x01\x00\x01");
+        // OPT: root name, type 41, payload 1232, no flags, no data.
+        q.extend_from_slice(&[0, 0, 41, 0x04, 0xd0, 0, 0, 0, 0, 0, 0]);
+        let r = slip_reply(&q);
+        assert!(r.len() < q.len());
+        assert_eq!(&r[..2], &q[..2]);
+        assert_eq!(r[2] & 0x82, 0x82, "QR and TC");
+        assert_eq!(&r[4..12], &[0, 1, 0, 0, 0, 0, 0, 0]);
+        assert_eq!(&r[12..], &q[12..q.len() - 11]);
+    }
 
     fn engine(extra: &str) -> Engine {
         let config =

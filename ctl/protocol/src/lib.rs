@@ -210,6 +210,9 @@ pub struct DnsStats {
     pub refused: u64,
     pub failed: u64,
     pub rate_limited: u64,
+    /// Of those, UDP queries answered with TC=1 so the client retries over TCP.
+    #[serde(default)]
+    pub slipped: u64,
     pub malformed: u64,
     /// Queries by record type name ("A", "AAAA", ...).
     pub by_qtype: BTreeMap<String, u64>,
