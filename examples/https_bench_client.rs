@@ -12,7 +12,7 @@
 //! body is short or an answer is not 200/206.
 //!
 //! usage: https_bench_client --addr 127.0.0.1:8443 --sni registry.ollama.ai --ca ca.crt
-//!        --path /blobs/sha256:<hex> --size <bytes> --parts 16 --proto h2|h1
+//!        --path /blobs/sha256:<hex> --size <bytes> --parts 16 --proto h2|h1 [--suites go|openssl]
 
 use anyhow::{bail, Context, Result};
 use bytes::Bytes;
@@ -41,6 +41,9 @@ struct Args {
     parts: u64,
     h2: bool,
     max_frame: u32,
+    /// `go` (AES-128-GCM first, Go on AES hardware) or `openssl` (AES-256-GCM first, what
+    /// OpenSSL-based clients such as curl and Python's huggingface_hub offer).
+    suites: String,
 }
 
 fn args() -> Result<Args> {
@@ -53,6 +56,7 @@ fn args() -> Result<Args> {
         parts: 1,
         h2: false,
         max_frame: GO_MAX_FRAME,
+        suites: "go".into(),
     };
     let mut it = std::env::args().skip(1);
     while let Some(k) = it.next() {
@@ -66,6 +70,7 @@ fn args() -> Result<Args> {
             "--parts" => a.parts = v.parse()?,
             "--proto" => a.h2 = v == "h2",
             "--max-frame" => a.max_frame = v.parse()?,
+            "--suites" => a.suites = v,
             _ => bail!("unknown argument {k}"),
         }
     }
@@ -96,12 +101,27 @@ fn connector(a: &Args) -> Result<TlsConnector> {
         roots.add(c?)?;
     }
     let mut provider = default_provider();
-    // Go's order when the CPU has AES instructions (crypto/tls defaultCipherSuitesTLS13).
-    provider.cipher_suites = vec![
-        cipher_suite::TLS13_AES_128_GCM_SHA256,
-        cipher_suite::TLS13_CHACHA20_POLY1305_SHA256,
-        cipher_suite::TLS13_AES_256_GCM_SHA384,
-    ];
+    provider.cipher_suites = match a.suites.as_str() {
+        // Go's order when the CPU has AES instructions (crypto/tls defaultCipherSuitesTLS13).
+        "go" => vec![
+            cipher_suite::TLS13_AES_128_GCM_SHA256,
+            cipher_suite::TLS13_CHACHA20_POLY1305_SHA256,
+            cipher_suite::TLS13_AES_256_GCM_SHA384,
+        ],
+        // OpenSSL 3's default TLS 1.3 order.
+        "openssl" => vec![
+            cipher_suite::TLS13_AES_256_GCM_SHA384,
+            cipher_suite::TLS13_CHACHA20_POLY1305_SHA256,
+            cipher_suite::TLS13_AES_128_GCM_SHA256,
+        ],
+        // A client without AES instructions (Go, BoringSSL on such CPUs put ChaCha first).
+        "chacha" => vec![
+            cipher_suite::TLS13_CHACHA20_POLY1305_SHA256,
+            cipher_suite::TLS13_AES_128_GCM_SHA256,
+            cipher_suite::TLS13_AES_256_GCM_SHA384,
+        ],
+        other => bail!("--suites {other}: go, openssl or chacha"),
+    };
     let mut cfg = rustls::ClientConfig::builder_with_provider(Arc::new(provider))
         .with_protocol_versions(&[&rustls::version::TLS13])?
         .with_root_certificates(roots)

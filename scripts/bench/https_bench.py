@@ -85,12 +85,13 @@ def client_cpu():
     return r.ru_utime + r.ru_stime
 
 
-def fetch(port, path, ca, proto, parts):
+def fetch(port, path, ca, proto, parts, suites="go", max_frame="1048576"):
     """One download with the bench client; returns (seconds, cipher, client CPU-s)."""
     c0 = client_cpu()
     out = subprocess.run([CLIENT, "--addr", f"127.0.0.1:{port}", "--sni", NAME, "--ca", ca,
                           "--path", path, "--size", str(SIZE), "--parts", str(parts),
-                          "--proto", proto], check=True, capture_output=True, text=True).stdout
+                          "--proto", proto, "--suites", suites,
+                          "--max-frame", max_frame], check=True, capture_output=True, text=True).stdout
     kv = dict(f.split("=", 1) for f in out.split())
     return float(kv["seconds"]), kv["cipher"], client_cpu() - c0
 
