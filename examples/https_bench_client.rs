@@ -126,7 +126,11 @@ fn connector(a: &Args) -> Result<TlsConnector> {
         .with_protocol_versions(&[&rustls::version::TLS13])?
         .with_root_certificates(roots)
         .with_no_client_auth();
-    cfg.alpn_protocols = vec![if a.h2 { b"h2".to_vec() } else { b"http/1.1".to_vec() }];
+    cfg.alpn_protocols = vec![if a.h2 {
+        b"h2".to_vec()
+    } else {
+        b"http/1.1".to_vec()
+    }];
     Ok(TlsConnector::from(Arc::new(cfg)))
 }
 
@@ -179,7 +183,11 @@ fn describe(tls: &Tls) -> String {
     format!("cipher={suite} alpn={alpn}")
 }
 
-async fn run_h2(a: &Args, tls: &TlsConnector, rs: Vec<Option<(u64, u64)>>) -> Result<(u64, String)> {
+async fn run_h2(
+    a: &Args,
+    tls: &TlsConnector,
+    rs: Vec<Option<(u64, u64)>>,
+) -> Result<(u64, String)> {
     let io = connect(a, tls).await?;
     let desc = describe(&io);
     let (send, conn) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
@@ -206,7 +214,11 @@ async fn run_h2(a: &Args, tls: &TlsConnector, rs: Vec<Option<(u64, u64)>>) -> Re
     Ok((total, desc))
 }
 
-async fn run_h1(a: Arc<Args>, tls: TlsConnector, rs: Vec<Option<(u64, u64)>>) -> Result<(u64, String)> {
+async fn run_h1(
+    a: Arc<Args>,
+    tls: TlsConnector,
+    rs: Vec<Option<(u64, u64)>>,
+) -> Result<(u64, String)> {
     let mut tasks = tokio::task::JoinSet::new();
     for r in rs {
         let (a, tls) = (a.clone(), tls.clone());
