@@ -105,7 +105,8 @@ row() {
     row "peak VmHWM, 1000 concurrent downloads (MiB, mapped pages touched)" rss1000.vmhwm_mib "" "" info "" 1
   fi
   if [[ ,$PARTS, == *,https,* ]]; then
-    for c in "h1 1 HTTP/1.1, 1 stream" "h1 16 HTTP/1.1, 16 ranges" "h2 1 h2, 1 stream" "h2 16 h2, 16 ranges on one connection"; do
+    for c in "h1 1 HTTP/1.1, 1 stream" "h1 16 HTTP/1.1, 16 ranges" "h2 1 h2, 1 stream" "h2 16 h2, 16 ranges on one connection" \
+      "h2 16.f16k h2, 16 ranges, 16 KiB frames (Go < 1.24)"; do
       set -- $c
       k=https.$1.$2; what=${c#* * }
       row "HTTPS hit, $what (GiB/s)" $k.lancached.gibps $k.nginx.gibps "nginx TLS" ge 1.0
