@@ -58,6 +58,24 @@ pub mod ktls_server {
     pub type Stream = tokio_rustls::server::TlsStream<ktls::CorkStream<tokio::net::TcpStream>>;
 }
 
+/// Probes for kernel TLS once at start and logs which path TLS hits take; the kernel's side
+/// where it is used, `None` for user space.
+pub async fn start() -> Option<Kernel> {
+    let mut path = detect();
+    let kernel = match path {
+        TlsPath::Kernel => match Kernel::new().await {
+            Ok(k) => Some(k),
+            Err(e) => {
+                path = TlsPath::UserSpace(format!("cipher probe failed: {e}"));
+                None
+            }
+        },
+        TlsPath::UserSpace(_) => None,
+    };
+    tracing::info!("{}", path.describe());
+    kernel
+}
+
 /// Hands a finished handshake's keys to the kernel.
 pub async fn upgrade(tls: ktls_server::Stream) -> Result<KernelStream, ktls::Error> {
     ktls::config_ktls_server(tls).await
@@ -165,6 +183,18 @@ mod tests {
             "TLS hits: kernel TLS + sendfile"
         );
         assert!(matches!(choose(Ok(()), Some("off")), TlsPath::UserSpace(_)));
+    }
+
+    /// The fallback the daemon takes at start: where the ULP does not attach (these
+    /// machines), no kernel side, so every connection is served by rustls.
+    #[tokio::test]
+    async fn start_falls_back_to_rustls_where_the_ulp_does_not_attach() {
+        if probe_ulp().is_err() {
+            assert!(start().await.is_none());
+        }
+        std::env::set_var("LANCACHED_KTLS", "off");
+        assert!(matches!(detect(), TlsPath::UserSpace(_)));
+        std::env::remove_var("LANCACHED_KTLS");
     }
 
     /// The real probe on this kernel: whatever it answers, it answers without panicking, and

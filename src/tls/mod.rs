@@ -69,7 +69,7 @@ pub async fn run(
             state: state.clone(),
         }));
     server.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-    let kernel = kernel_tls().await;
+    let kernel = ktls::start().await;
     // The keys leave rustls only where the kernel takes them.
     server.enable_secret_extraction = kernel.is_some();
     let acceptor = TlsAcceptor::from(Arc::new(server));
@@ -106,23 +106,6 @@ pub async fn run(
 struct Front {
     acceptor: TlsAcceptor,
     kernel: Option<ktls::Kernel>,
-}
-
-/// Probes for kernel TLS once and logs which path TLS hits take.
-async fn kernel_tls() -> Option<ktls::Kernel> {
-    let mut path = ktls::detect();
-    let kernel = match path {
-        ktls::TlsPath::Kernel => match ktls::Kernel::new().await {
-            Ok(k) => Some(k),
-            Err(e) => {
-                path = ktls::TlsPath::UserSpace(format!("cipher probe failed: {e}"));
-                None
-            }
-        },
-        ktls::TlsPath::UserSpace(_) => None,
-    };
-    tracing::info!("{}", path.describe());
-    kernel
 }
 
 async fn accept_loop(
