@@ -3,24 +3,24 @@
 # it measures against from Debian if they are missing, runs every part side by side with its
 # anchor in one run (medians of RUNS runs), and prints one table:
 #   measure | lancached | anchor | ratio | goal | met?
-# The parts are scripts/bench/{http,dns,startup}.sh, which also run stand-alone; each prints
+# The parts are scripts/bench/{http,https,dns,startup}.sh, which also run stand-alone; each prints
 # `RESULT key=value` lines, collected here. Loopback and the script's own network namespace only.
 # See docs/benchmarks.md.
 #   usage: scripts/bench.sh
-#   env:   RUNS=5 (medians of), SKIP_BUILD=1, PARTS=http,dns,startup, LOG=<file for all output>,
+#   env:   RUNS=5 (medians of), SKIP_BUILD=1, PARTS=http,https,dns,startup, LOG=<file for all output>,
 #          and each part's own (SIZE_MIB, BYTES_MIB, LINK_MIB, LINK_RATE, SECS, BLOBS, ...)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$(pwd)
 export RUNS=${RUNS:-5}
-PARTS=${PARTS:-http,dns,startup}
+PARTS=${PARTS:-http,https,dns,startup}
 log=${LOG:-$(mktemp /tmp/lancache-bench.XXXXXX.log)}
 
 # Debian peers: "command package" pairs; install only what is missing.
 missing=()
 for pair in "nginx nginx" "unbound unbound" "dnsmasq dnsmasq-base" "dnsperf dnsperf" "wrk wrk" \
   "docker-registry docker-registry" "curl curl" "tc iproute2" "ip iproute2" "dig bind9-dnsutils" \
-  "python3 python3"; do
+  "python3 python3" "openssl openssl"; do
   set -- $pair
   command -v "$1" >/dev/null 2>&1 || PATH=$PATH:/usr/sbin:/sbin command -v "$1" >/dev/null 2>&1 ||
     missing+=("$2")
@@ -36,6 +36,8 @@ export PATH=$PATH:/usr/sbin:/sbin
 
 if [ -z "${SKIP_BUILD:-}" ]; then
   cargo build --release -p lancached -p lancachectl
+  # The HTTPS part's client (rustls + hyper, Go's h2 windows): see scripts/bench/https_bench.py.
+  cargo build --release -p lancached --example https_bench_client
 fi
 export LANCACHED_BIN=${LANCACHED_BIN:-$root/target/release/lancached}
 ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)"
@@ -101,6 +103,15 @@ row() {
     row "peak VmHWM, 200 concurrent downloads (MiB, mapped pages touched)" rss200.vmhwm_mib "" "" info "" 1
     row "peak RssAnon, 1000 concurrent downloads (MiB)" rss1000.rss_anon_mib "" "" absle 64 1
     row "peak VmHWM, 1000 concurrent downloads (MiB, mapped pages touched)" rss1000.vmhwm_mib "" "" info "" 1
+  fi
+  if [[ ,$PARTS, == *,https,* ]]; then
+    for c in "h1 1 HTTP/1.1, 1 stream" "h1 16 HTTP/1.1, 16 ranges" "h2 1 h2, 1 stream" "h2 16 h2, 16 ranges on one connection" \
+      "h2 16.f16k h2, 16 ranges, 16 KiB frames (Go < 1.24)"; do
+      set -- $c
+      k=https.$1.$2; what=${c#* * }
+      row "HTTPS hit, $what (GiB/s)" $k.lancached.gibps $k.nginx.gibps "nginx TLS" ge 1.0
+      row "HTTPS hit server CPU-s per GiB, $what" $k.lancached.cpu_s_per_gib $k.nginx.cpu_s_per_gib "nginx TLS" le 1.0 3
+    done
   fi
   if [[ ,$PARTS, == *,dns,* ]]; then
     for w in intercepted forwarded; do

@@ -354,8 +354,10 @@ class LocalServer:
 
 class Lancached(LocalServer):
     def __init__(self, work, upstream_url, cache=None, http_port=None, name="lancached",
-                 log_filter="warn", extra_cache="", env=None):
-        self.work = work
+                 log_filter="warn", extra_cache="", env=None, tls_port=None):
+        self.work, self.name = work, name
+        self.tls_port = tls_port
+        tls_listen = f'"127.0.0.1:{tls_port}"' if tls_port else ""
         self.cache = cache or os.path.join(work, name + "-cache")
         self.port = http_port or free_port()
         self.cfg = os.path.join(work, name + ".toml")
@@ -374,7 +376,7 @@ listen = []
 [http]
 listen = ["127.0.0.1:{self.port}"]
 [tls]
-listen = []
+listen = [{tls_listen}]
 ca_dir = "{work}/{name}-ca"
 [control]
 socket = "{work}/{name}-ctl.sock"
@@ -391,7 +393,13 @@ filter = "{log_filter}"
         self.proc = spawn([BIN, "--config", self.cfg], env=self.env, stderr=open(self.log, "ab"))
         if wait:
             wait_port(self.port)
+            if self.tls_port:
+                wait_port(self.tls_port)
         return self
+
+    @property
+    def ca_dir(self):
+        return os.path.join(self.work, self.name + "-ca")
 
     @property
     def pid(self):

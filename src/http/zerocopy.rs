@@ -3,7 +3,8 @@
 //! write, this wrapper sends it with sendfile(2) from the mapped file at the same offset, so the
 //! bytes go from the page cache to the socket without passing through user space (the way nginx
 //! serves files). Everything else (headers, other bodies) is written as usual. TLS connections
-//! are not wrapped: their bytes must be encrypted in user space anyway.
+//! encrypted by rustls are not wrapped (their bytes pass through user space anyway); a kernel
+//! TLS socket (`tls::ktls`) is, since the kernel encrypts what sendfile(2) hands it.
 
 use std::io::{self, IoSlice};
 use std::os::fd::AsRawFd;
@@ -14,9 +15,21 @@ use tokio::net::TcpStream;
 
 use crate::store::mapped;
 
-pub struct ZeroCopyStream(pub TcpStream);
+/// A stream whose writes land on one TCP socket as they are (plain TCP, or a socket the
+/// kernel encrypts): what sendfile(2) may write to directly.
+pub trait Socket: AsyncRead + AsyncWrite + Unpin {
+    fn tcp(&self) -> &TcpStream;
+}
 
-impl ZeroCopyStream {
+impl Socket for TcpStream {
+    fn tcp(&self) -> &TcpStream {
+        self
+    }
+}
+
+pub struct ZeroCopyStream<S = TcpStream>(pub S);
+
+impl<S: Socket> ZeroCopyStream<S> {
     fn poll_sendfile(
         &self,
         cx: &mut Context<'_>,
@@ -24,10 +37,11 @@ impl ZeroCopyStream {
         offset: u64,
         len: usize,
     ) -> Poll<io::Result<usize>> {
+        let tcp = self.0.tcp();
         loop {
-            ready!(self.0.poll_write_ready(cx))?;
-            let sock = self.0.as_raw_fd();
-            let r = self.0.try_io(Interest::WRITABLE, || {
+            ready!(tcp.poll_write_ready(cx))?;
+            let sock = tcp.as_raw_fd();
+            let r = tcp.try_io(Interest::WRITABLE, || {
                 let mut off = offset as libc::off_t;
                 let n = unsafe { libc::sendfile(sock, fd, &mut off, len) };
                 if n < 0 {
@@ -44,7 +58,7 @@ impl ZeroCopyStream {
     }
 }
 
-impl AsyncRead for ZeroCopyStream {
+impl<S: Socket> AsyncRead for ZeroCopyStream<S> {
     fn poll_read(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -54,7 +68,7 @@ impl AsyncRead for ZeroCopyStream {
     }
 }
 
-impl AsyncWrite for ZeroCopyStream {
+impl<S: Socket> AsyncWrite for ZeroCopyStream<S> {
     fn poll_write(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,

@@ -9,6 +9,7 @@
 //! handshakes in progress are abandoned, established connections finish their request.
 
 pub mod ca;
+pub mod ktls;
 pub mod leaves;
 pub mod names;
 pub mod resolver;
@@ -26,6 +27,7 @@ use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::http::zerocopy::ZeroCopyStream;
 use crate::http::Peer;
 use crate::state::{Counters, State};
 
@@ -67,7 +69,11 @@ pub async fn run(
             state: state.clone(),
         }));
     server.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    let kernel = ktls::start().await;
+    // The keys leave rustls only where the kernel takes them.
+    server.enable_secret_extraction = kernel.is_some();
     let acceptor = TlsAcceptor::from(Arc::new(server));
+    let front = Arc::new(Front { acceptor, kernel });
 
     let graceful = Arc::new(GracefulShutdown::new());
     let handshakes = TaskTracker::new();
@@ -76,7 +82,7 @@ pub async fn run(
         l.set_nonblocking(true)?;
         loops.spawn(accept_loop(
             TcpListener::from_std(l)?,
-            acceptor.clone(),
+            front.clone(),
             state.clone(),
             cancel.clone(),
             graceful.clone(),
@@ -96,9 +102,15 @@ pub async fn run(
     Ok(())
 }
 
+/// What every handshake needs: the rustls acceptor, and the kernel's TLS where it has one.
+struct Front {
+    acceptor: TlsAcceptor,
+    kernel: Option<ktls::Kernel>,
+}
+
 async fn accept_loop(
     listener: TcpListener,
-    acceptor: TlsAcceptor,
+    front: Arc<Front>,
     state: Arc<State>,
     cancel: CancellationToken,
     graceful: Arc<GracefulShutdown>,
@@ -115,7 +127,7 @@ async fn accept_loop(
         handshakes.spawn(handshake(
             stream,
             peer,
-            acceptor.clone(),
+            front.clone(),
             state.clone(),
             cancel.clone(),
             graceful.clone(),
@@ -127,30 +139,91 @@ async fn accept_loop(
 async fn handshake(
     stream: TcpStream,
     peer: Peer,
-    acceptor: TlsAcceptor,
+    front: Arc<Front>,
     state: Arc<State>,
     cancel: CancellationToken,
     graceful: Arc<GracefulShutdown>,
 ) {
-    let counters = &state.tls.counters;
+    if let Some(kernel) = &front.kernel {
+        return handshake_kernel(
+            stream,
+            peer,
+            &front.acceptor,
+            kernel,
+            state,
+            cancel,
+            graceful,
+        )
+        .await;
+    }
     let outcome = tokio::select! {
         // Shutdown: a half-done handshake is not worth waiting for.
         _ = cancel.cancelled() => return,
         // The handshake, bounded so a silent client cannot hold a task and a socket forever.
-        r = tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)) => r,
+        r = tokio::time::timeout(HANDSHAKE_TIMEOUT, front.acceptor.accept(stream)) => r,
     };
+    if let Some(tls) = handshake_outcome(outcome, &peer, &state) {
+        // rustls encrypts in user space (see docs/tls.md for why its defaults are kept).
+        crate::http::serve_connection(tls, peer, state.clone(), &graceful);
+    }
+}
+
+/// The kernel-TLS path: the same handshake through `ktls`'s record-aligned reader, then the
+/// keys go to the kernel and bodies leave through sendfile(2) as on plain HTTP. A suite the
+/// kernel does not take stays on rustls.
+async fn handshake_kernel(
+    stream: TcpStream,
+    peer: Peer,
+    acceptor: &TlsAcceptor,
+    kernel: &ktls::Kernel,
+    state: Arc<State>,
+    cancel: CancellationToken,
+    graceful: Arc<GracefulShutdown>,
+) {
+    let outcome = tokio::select! {
+        // Shutdown: a half-done handshake is not worth waiting for.
+        _ = cancel.cancelled() => return,
+        // The handshake, bounded as on the user-space path.
+        r = tokio::time::timeout(
+            HANDSHAKE_TIMEOUT,
+            acceptor.accept(::ktls::CorkStream::new(stream)),
+        ) => r,
+    };
+    let Some(tls) = handshake_outcome(outcome, &peer, &state) else {
+        return;
+    };
+    if !kernel.takes(&tls) {
+        crate::http::serve_connection(tls, peer, state.clone(), &graceful);
+        return;
+    }
+    match ktls::upgrade(tls).await {
+        Ok(k) => crate::http::serve_connection(ZeroCopyStream(k), peer, state.clone(), &graceful),
+        // The rustls session is spent by now: this connection ends.
+        Err(e) => tracing::warn!(peer = %peer.addr, "cannot hand TLS keys to the kernel: {e}"),
+    }
+}
+
+/// Counts and logs a handshake's end; the stream if it succeeded.
+fn handshake_outcome<S>(
+    outcome: Result<std::io::Result<S>, tokio::time::error::Elapsed>,
+    peer: &Peer,
+    state: &State,
+) -> Option<S> {
+    let counters = &state.tls.counters;
     match outcome {
         Ok(Ok(tls)) => {
             Counters::bump(&counters.handshakes);
-            crate::http::serve_connection(tls, peer, state.clone(), &graceful);
+            Some(tls)
         }
         Ok(Err(e)) => {
             Counters::bump(&counters.handshake_failures);
             tracing::debug!(peer = %peer.addr, "TLS handshake failed: {e}");
+            None
         }
         Err(_) => {
             Counters::bump(&counters.handshake_timeouts);
             tracing::debug!(peer = %peer.addr, "TLS handshake timed out");
+            None
         }
     }
 }
