@@ -49,3 +49,10 @@ if ! python3 -c 'import tree_sitter, tree_sitter_powershell' >/dev/null 2>&1; th
   echo "test-deps: installing tree-sitter-powershell (PyPI)" >&2
   python3 -m pip install -q --disable-pip-version-check "tree-sitter==0.26.*" "tree-sitter-powershell==0.26.*" >/dev/null
 fi
+
+# The real Hugging Face client (with hf_xet, which pip brings) for tests/hf_upstream_selftest.rs
+# and tests/huggingface.rs. Pinned: the stand-in is checked against this version's requests.
+if ! python3 -c 'import huggingface_hub, hf_xet, sys; sys.exit(huggingface_hub.__version__ != "2.4.0")' >/dev/null 2>&1; then
+  echo "test-deps: installing huggingface_hub 2.4.0 (PyPI)" >&2
+  python3 -m pip install -q --disable-pip-version-check "huggingface_hub==2.4.0" "hf_xet==1.8.0" >/dev/null
+fi

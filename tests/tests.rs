@@ -11,6 +11,7 @@ mod distribution;
 mod dns;
 mod faults;
 mod harness;
+mod hf_upstream_selftest;
 mod hfco;
 mod hostile;
 mod lifecycle;

@@ -4,6 +4,8 @@
 
 pub mod daemon;
 pub mod echo;
+pub mod hf_client;
+pub mod hf_upstream;
 pub mod hop;
 pub mod models;
 pub mod netns;
