@@ -18,6 +18,7 @@ mod lifecycle_cache;
 mod metrics;
 mod no_redirect;
 mod packaging;
+mod parent;
 mod prefetch_cli;
 mod proxy;
 mod proxy_gate;
