@@ -30,5 +30,6 @@ mod sideload;
 mod strict_client;
 mod systemd;
 mod tls;
+mod uplink;
 mod webui;
 mod wiring;

@@ -59,13 +59,16 @@ impl RateLimiter {
     pub fn rate_in_use(&self) -> u64 {
         let now = self.epoch.elapsed().as_secs();
         let secs = self.seconds.lock().unwrap();
-        // The current second is partial: average over the whole ones before it.
+        // The current second is partial: average over the whole ones before it (fewer than
+        // the window's when traffic began more recently).
+        let from = now.saturating_sub(WINDOW_SECS);
         let total: u64 = secs
             .iter()
-            .filter(|(s, _)| *s < now && *s + WINDOW_SECS >= now)
+            .filter(|(s, _)| *s < now && *s >= from)
             .map(|(_, b)| b)
             .sum();
-        total / WINDOW_SECS
+        let first = secs.front().map_or(now, |(s, _)| *s).max(from);
+        total / (now - first).max(1)
     }
 
     fn count(&self, n: u64) {
