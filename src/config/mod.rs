@@ -550,6 +550,37 @@ mod tests {
     use super::*;
 
     #[test]
+    fn upstream_parent_and_max_rate() {
+        let c = Config::parse("[upstream]\nparent = \"10.0.0.2:8443\"\nmax_rate = \"200Mbit\"\n")
+            .unwrap();
+        assert_eq!(c.upstream.max_rate, Rate(25_000_000));
+        assert_eq!(
+            parse_parent(&c.upstream.parent).unwrap(),
+            Some(("10.0.0.2".into(), Some(8443)))
+        );
+        assert_eq!(
+            parse_parent("[fd00::2]:443").unwrap(),
+            Some(("fd00::2".into(), Some(443)))
+        );
+        assert_eq!(
+            parse_parent("Cache.District.example").unwrap(),
+            Some(("cache.district.example".into(), None))
+        );
+        assert_eq!(parse_parent("").unwrap(), None);
+        for bad in ["10.0.0.2:0", "host:port", "a b", "http://10.0.0.2"] {
+            let e = Config::parse(&format!("[upstream]\nparent = {bad:?}\n")).unwrap_err();
+            assert!(e.contains("upstream.parent"), "{bad}: {e}");
+        }
+        let e = Config::parse("[upstream]\nmax_rate = \"fast\"\n").unwrap_err();
+        assert!(
+            e.contains("upstream.max_rate") && e.contains("200Mbit"),
+            "{e}"
+        );
+        let e = Config::parse("[upstream]\nmax_rate = 100\n").unwrap_err();
+        assert!(e.contains("needs a unit"), "{e}");
+    }
+
+    #[test]
     fn empty_file_is_all_defaults() {
         assert_eq!(Config::parse("").unwrap(), Config::default());
     }
