@@ -8,6 +8,8 @@
 //! - `upstream.parent` over TLS: the child keeps the registry's name (Host and SNI
 //!   registry.ollama.ai), dials the parent's HTTPS address instead of resolving it, and trusts
 //!   the parent's CA through `upstream.ca_file`; the blob arrives whole, upstream sends it once.
+//! - The strict 0.34.2 client (`util::strict_ollama`, nothing waived) pulls a model through a
+//!   child whose `upstream.parent` is the parent over TLS: every byte verified, upstream 1.00x.
 //! - A real loop (A's registry is B, B's registry is A) is refused with a 508 at A, and A's
 //!   log names it; the client gets an error, not a hang.
 
@@ -17,6 +19,8 @@ use std::time::{Duration, Instant};
 
 use crate::util::daemon::Activate;
 use crate::util::netns::{self, NetNs};
+use crate::util::strict_http::Net;
+use crate::util::strict_ollama::StrictOllama;
 use crate::util::upstream::{blob_bytes, digest, raw_get, FakeUpstream, Faults};
 use crate::util::Daemon;
 
@@ -243,6 +247,41 @@ fn upstream_parent_keeps_the_registry_name_over_tls() {
     assert_eq!(up.cdn_bytes_of(&dg), size as u64);
     let j = parent.ctl_json(&["stats"]);
     assert!(j["tls"]["handshakes"].as_u64().unwrap() >= 1, "{j}");
+}
+
+#[test]
+fn strict_client_pulls_through_a_child_of_a_parent() {
+    let up = FakeUpstream::start();
+    let layer = blob_bytes(3 << 20, 21);
+    up.add_model("library/m", "latest", &[&layer[..]]);
+    let parent = Daemon::builder()
+        .activate(Activate {
+            https: true,
+            ..Default::default()
+        })
+        .config(&parent_config(&up))
+        .start();
+    let child = Daemon::builder()
+        .config(&format!(
+            "[upstream]\nresolvers = []\nparent = \"{}\"\nca_file = {:?}\n[cache]\nslice_size = \"1MiB\"\n",
+            parent.https.unwrap(),
+            parent.dir.join("ca/ca.crt").display().to_string()
+        ))
+        .start();
+    let net = Net::new().resolve(&format!("{REG}:80"), child.http.unwrap());
+    let models = tempfile::tempdir().unwrap();
+    let r = StrictOllama::new(net, models.path())
+        .insecure(true)
+        .pull(&format!("{REG}/library/m:latest"));
+    r.expect_ok("strict pull through child and parent");
+    assert!(r.waived.is_empty(), "{:#?}", r.waived);
+    let got = std::fs::read(crate::util::strict_ollama::blob_path(
+        models.path(),
+        &digest(&layer),
+    ))
+    .unwrap();
+    assert!(got == layer);
+    assert_eq!(up.cdn_bytes(), up.blob_total(), "upstream cost 1.00x");
 }
 
 #[test]
