@@ -3,17 +3,17 @@
 # it measures against from Debian if they are missing, runs every part side by side with its
 # anchor in one run (medians of RUNS runs), and prints one table:
 #   measure | lancached | anchor | ratio | goal | met?
-# The parts are scripts/bench/{http,https,dns,startup}.sh, which also run stand-alone; each prints
+# The parts are scripts/bench/{http,https,dns,startup,uplink}.sh, which also run stand-alone; each prints
 # `RESULT key=value` lines, collected here. Loopback and the script's own network namespace only.
 # See docs/benchmarks.md.
 #   usage: scripts/bench.sh
-#   env:   RUNS=5 (medians of), SKIP_BUILD=1, PARTS=http,https,dns,startup, LOG=<file for all output>,
+#   env:   RUNS=5 (medians of), SKIP_BUILD=1, PARTS=http,https,dns,startup,uplink, LOG=<file for all output>,
 #          and each part's own (SIZE_MIB, BYTES_MIB, LINK_MIB, LINK_RATE, SECS, BLOBS, ...)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$(pwd)
 export RUNS=${RUNS:-5}
-PARTS=${PARTS:-http,https,dns,startup}
+PARTS=${PARTS:-http,https,dns,startup,uplink}
 log=${LOG:-$(mktemp /tmp/lancache-bench.XXXXXX.log)}
 
 # Debian peers: "command package" pairs; install only what is missing.
@@ -59,13 +59,14 @@ fmt() { [ -n "$1" ] && awk -v x="$1" -v d="${2:-2}" 'BEGIN { printf "%.*f", d, x
 
 # row MEASURE OURS_KEY ANCHOR_KEY ANCHOR_NAME OP GOAL [DECIMALS]
 #   OP: ge/le compare ours/anchor with GOAL; absle compares ours itself with GOAL;
-#   eq compares ours itself with GOAL at two decimals; peer: no goal, the ratio only.
+#   eq compares ours itself with GOAL at two decimals; within: ours/anchor within 1 ± GOAL;
+#   peer: no goal, the ratio only.
 row() {
   local measure=$1 ours anchor ratio met goal_txt d=${7:-2}
   ours=$(get "$2"); anchor=$([ -n "$3" ] && get "$3" || true)
   ratio=n/a; met=n/a
   case $5 in
-    ge | le | peer)
+    ge | le | peer | within)
       if [ -n "$ours" ] && [ -n "$anchor" ]; then
         ratio=$(awk -v a="$ours" -v b="$anchor" 'BEGIN { if (b > 0) printf "%.2f×", a / b; else print "n/a" }')
       fi ;;
@@ -75,6 +76,7 @@ row() {
     le) goal_txt="≤ $6×"; [ "$ratio" != n/a ] && met=$(awk -v r="${ratio%×}" -v g="$6" 'BEGIN { print (r <= g ? "yes" : "NO") }') ;;
     absle) goal_txt="≤ $6"; [ -n "$ours" ] && met=$(awk -v r="$ours" -v g="$6" 'BEGIN { print (r <= g ? "yes" : "NO") }') ;;
     eq) goal_txt="= $6×"; [ -n "$ours" ] && ratio=$(fmt "$ours")× && met=$(awk -v r="$ours" -v g="$6" 'BEGIN { print (sprintf("%.2f", r) == sprintf("%.2f", g) ? "yes" : "NO") }') ;;
+    within) goal_txt="1 ± $6×"; [ "$ratio" != n/a ] && met=$(awk -v r="${ratio%×}" -v g="$6" 'BEGIN { d = r - 1; if (d < 0) d = -d; print (d <= g + 1e-9 ? "yes" : "NO") }') ;;
     peer) goal_txt="(peer)"; met="—" ;;
     info) goal_txt="(info)"; met="—" ;;
   esac
@@ -120,6 +122,10 @@ row() {
     done
     row "DNS one source, default rate_limit, qps" dns.limited.lancached-default.qps dns.limited.unbound.qps "unbound, 1 thread" ge 0.8 0
     row "DNS one source, rate_limit 2000, queries lost" dns.limited.lancached-2000.lost "" "" absle 0 0
+  fi
+  if [[ ,$PARTS, == *,uplink,* ]]; then
+    row "upstream rate under a ${CAP:-100Mbit} cap, ~30 s fill (Mbit/s)" uplink.capped.mbps uplink.cap.mbps "the cap" within 0.05 1
+    row "hit while the capped fill runs (GiB/s)" uplink.hit_during.gibps uplink.hit_idle.gibps "hit, no fill running" ge 0.9
   fi
   if [[ ,$PARTS, == *,startup,* ]]; then
     row "start-up to READY=1, ${BLOBS:-10000} blobs, index present (ms)" startup.warm_index.ready_ms "" "" absle 100 1

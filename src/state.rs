@@ -51,6 +51,7 @@ pub struct State {
 
 impl State {
     pub fn new(config: Config, source: ConfigSource, activated: bool) -> Arc<State> {
+        crate::store::ratelimit::UPSTREAM.set_rate(config.upstream.max_rate.0);
         let config = Arc::new(config);
         let layout = Layout::new(&config.cache.dir);
         let (config_tx, _) = watch::channel(config.clone());
@@ -84,6 +85,8 @@ impl State {
 
     /// Puts a new (already validated) configuration in force and tells the watchers.
     pub fn set_config(&self, config: Config) {
+        // `upstream.max_rate` applies to the next chunk of every running fill.
+        crate::store::ratelimit::UPSTREAM.set_rate(config.upstream.max_rate.0);
         let config = Arc::new(config);
         self.config.store(config.clone());
         self.config_tx.send_replace(config);

@@ -204,6 +204,16 @@ fn stats(o: &mut String, s: &Stats, st: Style) {
             bytes(c.bytes_from_cache),
             bytes(c.bytes_from_upstream)
         );
+        let rate = |b: u64| format!("{:.1} Mbit/s", b as f64 * 8.0 / 1e6);
+        let _ = writeln!(
+            o,
+            "{pad}upstream rate {} (last 5 s), cap {}",
+            rate(c.upstream_rate_bytes_per_second),
+            match c.upstream_max_rate_bytes_per_second {
+                0 => "none".to_string(),
+                b => rate(b),
+            }
+        );
         let _ = writeln!(
             o,
             "{pad}manifests {} hits / {} misses, {} revalidated, {} offline",

@@ -15,7 +15,7 @@ use serde::{de, Deserialize, Deserializer, Serialize};
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 
-pub use units::{ByteSize, HumanDuration};
+pub use units::{ByteSize, HumanDuration, Rate};
 
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/lancached/lancached.toml";
 
@@ -97,6 +97,12 @@ pub struct UpstreamConfig {
     /// load (lower case, no trailing dot), and two keys that normalise alike are refused.
     #[serde(deserialize_with = "registries")]
     pub registries: IndexMap<HostName, BaseUrl>,
+    /// Another cache every upstream request is dialled to, keeping its own Host and SNI:
+    /// `ADDR` (an IP address or host name: the URL's port, 443 or 80) or `ADDR:PORT` (PORT
+    /// for https; http stays on the URL's port). Empty for none.
+    pub parent: String,
+    /// Cap on the upstream bytes of all fills together (`"200Mbit"`, `"25MB"`); 0 = none.
+    pub max_rate: Rate,
 }
 
 impl Default for UpstreamConfig {
@@ -113,6 +119,8 @@ impl Default for UpstreamConfig {
             manifest_ttl: HumanDuration::secs(600),
             ca_file: PathBuf::new(),
             registries,
+            parent: String::new(),
+            max_rate: Rate(0),
         }
     }
 }
@@ -355,6 +363,41 @@ impl BaseUrl {
     }
 }
 
+/// `upstream.parent`: `""` (none), `ADDR` or `ADDR:PORT`, ADDR an IP address (`[v6]` with a
+/// port) or a host name. Returns the host (brackets removed) and the port, if one was given.
+pub fn parse_parent(s: &str) -> std::result::Result<Option<(String, Option<u16>)>, String> {
+    let s = s.trim();
+    if s.is_empty() {
+        return Ok(None);
+    }
+    let bad = |why: &str| {
+        format!("`upstream.parent` {s:?} {why}; write an address such as \"10.0.0.2\", \"10.0.0.2:8443\" or \"cache.district.example\"")
+    };
+    if let Ok(ip) = s.parse::<IpAddr>() {
+        return Ok(Some((ip.to_string(), None)));
+    }
+    if let Ok(sa) = s.parse::<SocketAddr>() {
+        if sa.port() == 0 {
+            return Err(bad("has port 0"));
+        }
+        return Ok(Some((sa.ip().to_string(), Some(sa.port()))));
+    }
+    let (host, port) = match s.rsplit_once(':') {
+        Some((h, p)) => {
+            let p: u16 = p.parse().map_err(|_| bad("has a bad port"))?;
+            if p == 0 {
+                return Err(bad("has port 0"));
+            }
+            (h, Some(p))
+        }
+        None => (s, None),
+    };
+    if !crate::store::names::valid_dns_name(host) || host.contains(':') {
+        return Err(bad("is not an address or host name"));
+    }
+    Ok(Some((host.to_ascii_lowercase(), port)))
+}
+
 fn parse_http_url(s: &str) -> Result<http::Uri, String> {
     let uri: http::Uri = s.parse().map_err(|e| format!("{s:?} is not a URL ({e})"))?;
     match uri.scheme_str() {
@@ -471,6 +514,7 @@ impl Config {
         if self.cache.slice_size.0 < (1 << 20) {
             return Err("`cache.slice_size` must be at least 1MiB".into());
         }
+        parse_parent(&self.upstream.parent)?;
         Ok(())
     }
 
@@ -504,6 +548,37 @@ fn quickstart_cache_dir(ollama_models: Option<PathBuf>, home: Option<PathBuf>) -
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn upstream_parent_and_max_rate() {
+        let c = Config::parse("[upstream]\nparent = \"10.0.0.2:8443\"\nmax_rate = \"200Mbit\"\n")
+            .unwrap();
+        assert_eq!(c.upstream.max_rate, Rate(25_000_000));
+        assert_eq!(
+            parse_parent(&c.upstream.parent).unwrap(),
+            Some(("10.0.0.2".into(), Some(8443)))
+        );
+        assert_eq!(
+            parse_parent("[fd00::2]:443").unwrap(),
+            Some(("fd00::2".into(), Some(443)))
+        );
+        assert_eq!(
+            parse_parent("Cache.District.example").unwrap(),
+            Some(("cache.district.example".into(), None))
+        );
+        assert_eq!(parse_parent("").unwrap(), None);
+        for bad in ["10.0.0.2:0", "host:port", "a b", "http://10.0.0.2"] {
+            let e = Config::parse(&format!("[upstream]\nparent = {bad:?}\n")).unwrap_err();
+            assert!(e.contains("upstream.parent"), "{bad}: {e}");
+        }
+        let e = Config::parse("[upstream]\nmax_rate = \"fast\"\n").unwrap_err();
+        assert!(
+            e.contains("upstream.max_rate") && e.contains("200Mbit"),
+            "{e}"
+        );
+        let e = Config::parse("[upstream]\nmax_rate = 100\n").unwrap_err();
+        assert!(e.contains("needs a unit"), "{e}");
+    }
 
     #[test]
     fn empty_file_is_all_defaults() {

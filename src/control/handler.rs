@@ -303,5 +303,9 @@ pub fn stats(state: &State) -> Stats {
 /// The cache section as `/cache/stats` serves it: the proxy's view, without the lifecycle's
 /// usage that [`stats`] puts over it.
 pub fn cache_stats(state: &State) -> CacheStats {
-    crate::proxy::cache_stats(state).into()
+    let mut c: CacheStats = crate::proxy::cache_stats(state).into();
+    let limiter = &crate::store::ratelimit::UPSTREAM;
+    c.upstream_max_rate_bytes_per_second = limiter.rate();
+    c.upstream_rate_bytes_per_second = limiter.rate_in_use();
+    c
 }

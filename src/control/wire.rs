@@ -124,6 +124,9 @@ impl From<CacheSnapshot> for wire::CacheStats {
                 .iter()
                 .map(|f| BlobProgress::of_fill_in_flight(f).into())
                 .collect(),
+            // The limiter's, not the store's: set by `control::handler::cache_stats`.
+            upstream_max_rate_bytes_per_second: 0,
+            upstream_rate_bytes_per_second: 0,
         }
     }
 }
@@ -340,6 +343,8 @@ mod tests {
                 models: 13,
                 blobs: 14,
                 evictions: 15,
+                upstream_max_rate_bytes_per_second: 0,
+                upstream_rate_bytes_per_second: 0,
                 per_registry: want_registry,
                 // A fill in flight knows its repository, not its tag.
                 fills: vec![wire::FillProgress {

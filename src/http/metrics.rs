@@ -40,6 +40,8 @@ const GAUGES: &[&str] = &[
     "indexing",
     "upstream_latency_ms_p50",
     "upstream_latency_ms_p99",
+    "upstream_max_rate_bytes_per_second",
+    "upstream_rate_bytes_per_second",
 ];
 
 /// Map-valued fields and the label their keys become.

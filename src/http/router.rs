@@ -27,17 +27,31 @@ pub async fn route(req: Request<Incoming>, peer: Peer, state: Arc<State>) -> Res
 }
 
 async fn dispatch(req: Request<Incoming>, peer: Peer, state: &Arc<State>) -> Response<Body> {
-    use crate::distribution::{api, models, scripts, webui};
-    if req
+    use crate::proxy::upstream::{check_hops, HOPS, LOOP_HEADER};
+    let hops = match req
         .headers()
-        .contains_key(crate::proxy::upstream::LOOP_HEADER)
+        .get(LOOP_HEADER)
+        .map(|v| check_hops(v.as_bytes()))
     {
-        // Our own upstream request came back to us (DNS points the registry at the cache).
-        return body::text(
-            StatusCode::LOOP_DETECTED,
-            "request loop: this request came from lancached itself",
-        );
-    }
+        None => Arc::from(""),
+        Some(Ok(hops)) => hops,
+        Some(Err(why)) => {
+            // Our own upstream request came back to us (DNS points the registry at the cache,
+            // or two caches name each other as parents).
+            tracing::warn!(
+                peer = %peer.addr,
+                host = ?req.headers().get(http::header::HOST),
+                path = %req.uri().path(),
+                "request loop refused (508): {why}"
+            );
+            return body::text(StatusCode::LOOP_DETECTED, format!("request loop: {why}"));
+        }
+    };
+    HOPS.scope(hops, dispatch_inner(req, peer, state)).await
+}
+
+async fn dispatch_inner(req: Request<Incoming>, peer: Peer, state: &Arc<State>) -> Response<Body> {
+    use crate::distribution::{api, models, scripts, webui};
     let path = req.uri().path();
     if !crate::proxy::relay::stays_with_cache(path) {
         if let Some(base) = crate::proxy::relay::target(&state.config(), &req) {

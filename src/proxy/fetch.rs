@@ -21,6 +21,8 @@ pub struct RegistryFetcher {
     repository: String,
     digest: Digest,
     size: u64,
+    /// The hop list of the request that started the fill, for its upstream requests.
+    hops: Arc<str>,
 }
 
 impl RegistryFetcher {
@@ -37,6 +39,7 @@ impl RegistryFetcher {
             repository: repository.to_string(),
             digest: digest.clone(),
             size,
+            hops: super::upstream::current_hops(),
         }
     }
 }
@@ -101,7 +104,8 @@ impl Fetcher for RegistryFetcher {
         let repository = self.repository.clone();
         let digest = self.digest.clone();
         let size = self.size;
-        Box::pin(async move {
+        let hops = self.hops.clone();
+        Box::pin(super::upstream::HOPS.scope(hops, async move {
             let resp = get_range(
                 &state,
                 &registry,
@@ -164,7 +168,7 @@ impl Fetcher for RegistryFetcher {
                 })
             });
             Ok(stream.boxed())
-        })
+        }))
     }
 }
 

@@ -6,6 +6,10 @@
 //! answer registry.ollama.ai with ourselves. IP literals need no lookup. TLS trusts the webpki
 //! roots plus `[upstream] ca_file`. Every request carries the loop-guard header, and redirects
 //! (the registry's 307 to a presigned CDN URL) are followed here and never remembered.
+//!
+//! With `upstream.parent`, every request is dialled to the parent cache instead of the
+//! resolved name, with its own Host and SNI, so each registry keeps its name and the parent's
+//! CA (in `ca_file`) vouches for it.
 
 use anyhow::{anyhow, bail, Context, Result};
 use bytes::Bytes;
@@ -26,8 +30,82 @@ use tokio_rustls::rustls::{self, pki_types};
 
 use crate::config::Config;
 
-/// Marks requests the cache sends; a request arriving with it came back to us (a DNS loop).
+/// Marks requests the cache sends. Its value is the list of the instance ids of the daemons
+/// the request has passed (`id1,id2`, oldest first, see [`instance_id`]): a daemon refuses
+/// (508) a request whose list holds its own id (a DNS loop back to itself, or A -> B -> A),
+/// and appends its own when it goes upstream on that request's behalf, so that a cache can
+/// be fed from another cache. A value that is not such a list (the `1` of older versions,
+/// which cannot say whose request it was) or a list longer than [`MAX_HOPS`] is refused too.
 pub const LOOP_HEADER: &str = "x-lancached-hop";
+
+/// The longest chain of caches a request may pass.
+pub const MAX_HOPS: usize = 8;
+
+/// This daemon's id in the hop list: random at every start, 16 hex digits.
+pub fn instance_id() -> &'static str {
+    static ID: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    ID.get_or_init(|| {
+        use std::hash::{BuildHasher, Hasher};
+        // RandomState is seeded from the OS per process; mix in time and pid anyway.
+        let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+        h.write_u128(
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_nanos())
+                .unwrap_or(0),
+        );
+        h.write_u32(std::process::id());
+        format!("{:016x}", h.finish())
+    })
+}
+
+tokio::task_local! {
+    /// The hop list of the client request being served, for the upstream requests made on its
+    /// behalf (see [`LOOP_HEADER`]).
+    pub static HOPS: Arc<str>;
+}
+
+/// The hop list of the request being served (empty outside one).
+pub fn current_hops() -> Arc<str> {
+    HOPS.try_with(|h| h.clone())
+        .unwrap_or_else(|_| Arc::from(""))
+}
+
+/// Checks an arriving hop list: `Err` says why it is a loop.
+pub fn check_hops(value: &[u8]) -> std::result::Result<Arc<str>, String> {
+    let v = std::str::from_utf8(value).map_err(|_| "an unreadable hop list".to_string())?;
+    let ids: Vec<&str> = v.split(',').map(str::trim).collect();
+    let well_formed = ids
+        .iter()
+        .all(|i| i.len() == 16 && i.bytes().all(|b| b.is_ascii_hexdigit()));
+    if !well_formed {
+        return Err(format!(
+            "hop list {v:?} is not a list of cache ids (an older lancached, which cannot say whose request it was)"
+        ));
+    }
+    if ids.contains(&instance_id()) {
+        return Err(format!(
+            "hop list {v} holds this cache's own id {}: the request came back to us",
+            instance_id()
+        ));
+    }
+    if ids.len() >= MAX_HOPS {
+        return Err(format!("hop list {v} is {} caches long", ids.len()));
+    }
+    Ok(Arc::from(ids.join(",")))
+}
+
+/// The hop header for a request this daemon sends: the list of the request it serves, plus
+/// its own id.
+fn hop_value() -> HeaderValue {
+    let prev = current_hops();
+    let v = if prev.is_empty() {
+        instance_id().to_string()
+    } else {
+        format!("{prev},{}", instance_id())
+    };
+    HeaderValue::from_str(&v).expect("hex ids and commas")
+}
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 const MAX_REDIRECTS: usize = 5;
@@ -38,6 +116,9 @@ struct Setup {
     ca_file: PathBuf,
     resolver: Option<TokioResolver>,
     tls: Arc<rustls::ClientConfig>,
+    /// `upstream.parent`: every request is dialled there, keeping its Host and SNI.
+    parent: Option<(String, Option<u16>)>,
+    parent_text: String,
 }
 
 pub struct Upstream {
@@ -60,7 +141,10 @@ impl Upstream {
     fn setup(&self, cfg: &Config) -> Result<Arc<Setup>> {
         let mut cur = self.setup.lock().unwrap();
         if let Some(s) = &*cur {
-            if s.resolvers == cfg.upstream.resolvers && s.ca_file == cfg.upstream.ca_file {
+            if s.resolvers == cfg.upstream.resolvers
+                && s.ca_file == cfg.upstream.ca_file
+                && s.parent_text == cfg.upstream.parent
+            {
                 return Ok(s.clone());
             }
         }
@@ -119,6 +203,8 @@ impl Upstream {
             ca_file: cfg.upstream.ca_file.clone(),
             resolver,
             tls: Arc::new(tls),
+            parent: crate::config::parse_parent(&cfg.upstream.parent).map_err(|e| anyhow!(e))?,
+            parent_text: cfg.upstream.parent.clone(),
         });
         *cur = Some(s.clone());
         Ok(s)
@@ -185,7 +271,7 @@ impl Upstream {
         *req.version_mut() = http::Version::HTTP_11;
         let h = req.headers_mut();
         h.insert(header::HOST, HeaderValue::from_str(&authority)?);
-        h.insert(LOOP_HEADER, HeaderValue::from_static("1"));
+        h.insert(LOOP_HEADER, hop_value());
         conn.exchange(req).await.with_context(|| format!("{url}"))
     }
 }
@@ -229,7 +315,7 @@ async fn send_once(
             HeaderValue::from_static(concat!("lancached/", env!("CARGO_PKG_VERSION"))),
         );
     }
-    h.insert(LOOP_HEADER, HeaderValue::from_static("1"));
+    h.insert(LOOP_HEADER, hop_value());
     // Blobs are stored byte-exact and hashed: no content coding.
     h.insert(
         header::ACCEPT_ENCODING,
@@ -268,23 +354,33 @@ async fn connect(setup: &Setup, url: &Uri) -> Result<(Conn, String)> {
     };
     let host = url.host().ok_or_else(|| anyhow!("no host in {url}"))?;
     let bare = host.trim_start_matches('[').trim_end_matches(']');
-    let port = url.port_u16().unwrap_or(if https { 443 } else { 80 });
-    let addrs: Vec<IpAddr> = match bare.parse::<IpAddr>() {
+    let mut port = url.port_u16().unwrap_or(if https { 443 } else { 80 });
+    // With a parent cache, the name is not resolved: the parent answers for every host.
+    let dial = match &setup.parent {
+        Some((addr, p)) => {
+            if let (true, Some(p)) = (https, p) {
+                port = *p;
+            }
+            addr.as_str()
+        }
+        None => bare,
+    };
+    let addrs: Vec<IpAddr> = match dial.parse::<IpAddr>() {
         Ok(ip) => vec![ip],
         Err(_) => {
             let resolver = setup
                 .resolver
                 .as_ref()
-                .ok_or_else(|| anyhow!("cannot resolve {bare}: upstream.resolvers is empty"))?;
+                .ok_or_else(|| anyhow!("cannot resolve {dial}: upstream.resolvers is empty"))?;
             let lookup = resolver
-                .lookup_ip(bare)
+                .lookup_ip(dial)
                 .await
-                .map_err(|e| anyhow!("cannot resolve {bare}: {e}"))?;
+                .map_err(|e| anyhow!("cannot resolve {dial}: {e}"))?;
             lookup.iter().collect()
         }
     };
     let mut stream = None;
-    let mut last_err = anyhow!("{bare} has no addresses");
+    let mut last_err = anyhow!("{dial} has no addresses");
     for ip in addrs {
         let addr = SocketAddr::new(ip, port);
         match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(addr)).await {

@@ -611,6 +611,13 @@ impl Fill {
         Some(pick)
     }
 
+    /// Whether a waiter is blocked inside slice `i` (for the rate limiter's demand first).
+    fn demanded(&self, i: usize) -> bool {
+        let ss = self.slice_size;
+        let st = self.state.lock().unwrap();
+        st.waiters.values().any(|&o| (o / ss) as usize == i)
+    }
+
     /// The end of the contiguous written prefix starting at `pos`'s slice.
     fn contiguous_end(&self, st: &FillState, pos: u64) -> u64 {
         let mut i = (pos / self.slice_size) as usize;
@@ -808,6 +815,10 @@ async fn fetch_slice(
                                 "upstream sent more than asked",
                             ));
                         }
+                        // `upstream.max_rate`: a slice a client waits on goes first.
+                        super::ratelimit::UPSTREAM
+                            .take(chunk.len() as u64, fill.demanded(i))
+                            .await;
                         pending.push(chunk);
                         if pending.len >= WRITE_BATCH {
                             write_pending(fill, i, start, &mut pos, &mut pending, counters).await?;

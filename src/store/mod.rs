@@ -17,6 +17,7 @@ pub mod names;
 pub mod pins;
 pub mod prefetch;
 pub mod prune;
+pub mod ratelimit;
 pub mod slicemap;
 pub mod stats;
 #[cfg(test)]

@@ -264,6 +264,12 @@ pub struct CacheStats {
     pub evictions: u64,
     pub per_registry: BTreeMap<String, RegistryStats>,
     pub fills: Vec<FillProgress>,
+    /// `upstream.max_rate` in bytes per second; 0 = no cap.
+    #[serde(default)]
+    pub upstream_max_rate_bytes_per_second: u64,
+    /// Bytes per second the fills took from upstream, averaged over the last 5 s.
+    #[serde(default)]
+    pub upstream_rate_bytes_per_second: u64,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
