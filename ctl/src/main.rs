@@ -4,6 +4,7 @@
 //! (the message says why), 2 the daemon could not be reached (the message names the socket path
 //! tried and the reason).
 
+mod bundle;
 mod client;
 mod output;
 mod prefetch;
@@ -124,6 +125,37 @@ enum Command {
         #[arg(long)]
         rotate: bool,
     },
+    /// Write models (manifests and blobs, in Ollama's layout) to one tar: a bundle.
+    ///
+    /// The daemon streams it over the control socket. `tar -x -C ~/.ollama/models` unpacks it
+    /// without lancache; `lancachectl import` loads it into another cache.
+    #[command(
+        after_help = "Examples:\n  lancachectl export llama3:8b qwen2.5:1.5b -o models.tar\n  lancachectl export llama3:8b -o - | ssh host tar -x -C .ollama/models"
+    )]
+    Export {
+        /// Model names (llama3, llama3:8b, user/model:tag, hf.co/user/repo:quant).
+        #[arg(required = true, value_name = "NAME")]
+        names: Vec<String>,
+        /// Where to write the tar; `-` for stdout.
+        #[arg(short = 'o', long = "output", value_name = "FILE")]
+        output: PathBuf,
+    },
+    /// Load a bundle, a tar from GET /models/..., or an Ollama models directory.
+    ///
+    /// The daemon reads FILE|DIR itself, checks every blob's sha256 and size, and publishes
+    /// only complete models (nothing at all if anything is wrong). What the cache already has
+    /// is skipped. Imported models count as fetched (evictable) unless --local.
+    #[command(
+        after_help = "Examples:\n  lancachectl import models.tar\n  lancachectl import /home/me/.ollama/models --local\n  lancachectl import models.tar --json"
+    )]
+    Import {
+        /// A tar file or an Ollama models directory (readable by the daemon's user).
+        #[arg(value_name = "FILE|DIR")]
+        path: PathBuf,
+        /// Keep the models as the operator's own: never evicted automatically.
+        #[arg(long)]
+        local: bool,
+    },
     /// Write man pages and shell completions under DIR (used by scripts/package.sh; hidden:
     /// not an operator's command, and it never talks to the daemon).
     #[command(hide = true)]
@@ -183,6 +215,19 @@ fn main() -> ExitCode {
             names: names.clone(),
         },
         Command::Ca { rotate, .. } => Request::Ca { rotate: *rotate },
+        Command::Export { names, output } => {
+            return bundle::export(&cli.socket, names, output, cli.json);
+        }
+        Command::Import { path, local } => match std::path::absolute(path) {
+            Ok(p) => Request::Import {
+                path: p.display().to_string(),
+                local: *local,
+            },
+            Err(e) => {
+                eprintln!("lancachectl import: {}: {e}", path.display());
+                return ExitCode::from(2);
+            }
+        },
     };
     let response = match client::call(&cli.socket, &request) {
         Ok(r) => r,

@@ -22,6 +22,7 @@ pub async fn handle(req: Request, caller: &Caller, state: &Arc<State>) -> Respon
             | Request::Models
             | Request::FillProgress { .. }
             | Request::Ca { rotate: false }
+            | Request::Export { .. }
     );
     let resp = match req {
         Request::Status => Response::Status(status(state)),
@@ -38,6 +39,12 @@ pub async fn handle(req: Request, caller: &Caller, state: &Arc<State>) -> Respon
         Request::Prefetch { names } => prefetch(state, names).await,
         Request::FillProgress { names } => fill_progress(state, names),
         Request::Ca { rotate } => ca(state, rotate),
+        Request::Import { path, local } => import(state, path, local).await,
+        // The connection loop streams exports itself (the tar follows the answer).
+        Request::Export { .. } => error(
+            ErrorKind::BadRequest,
+            "export is answered by the connection loop",
+        ),
     };
     if audited {
         let outcome = match &resp {
@@ -136,6 +143,47 @@ async fn prune(state: &Arc<State>, p: PruneRequest) -> Response {
         Ok(Err(e @ PruneError::NotFound(_))) => error(ErrorKind::NotFound, e.to_string()),
         Ok(Err(e @ PruneError::Refused(_))) => error(ErrorKind::Failed, e.to_string()),
         Err(e) => error(ErrorKind::Failed, format!("prune: {e}")),
+    }
+}
+
+/// `lancachectl import`: the daemon reads the file or directory itself, verifies everything and
+/// publishes it under the lifecycle lock (so eviction never sees a blob before its manifest).
+async fn import(state: &Arc<State>, path: String, local: bool) -> Response {
+    let path = std::path::PathBuf::from(path);
+    if !path.is_absolute() {
+        return error(
+            ErrorKind::BadRequest,
+            format!("{}: the daemon needs an absolute path", path.display()),
+        );
+    }
+    if let Err(e) = state.index.wait_open(INDEX_WAIT).await {
+        return error(ErrorKind::Failed, format!("{e:#}"));
+    }
+    let _turn = state.lifecycle.lock.lock().await;
+    let s = state.clone();
+    let outcome = tokio::task::spawn_blocking(move || {
+        crate::store::import::import(&s.layout, &s.index, &path, local)
+    })
+    .await;
+    match outcome {
+        Ok(Ok(report)) => {
+            tracing::info!(
+                imported = ?report.models_imported.iter().map(|m| m.to_string()).collect::<Vec<_>>(),
+                skipped = report.models_skipped.len(),
+                blobs = report.blobs_imported,
+                bytes = report.bytes_imported,
+                local,
+                "imported"
+            );
+            if let Err(e) = state.index.flush() {
+                tracing::warn!("index flush after import: {e:#}");
+            }
+            // Imported bytes count against max_size.
+            state.lifecycle.wake.notify_one();
+            Response::Imported(report.into())
+        }
+        Ok(Err(e)) => error(ErrorKind::Failed, format!("nothing imported: {}", e.0)),
+        Err(e) => error(ErrorKind::Failed, format!("import: {e}")),
     }
 }
 

@@ -122,6 +122,10 @@ async fn serve(stream: UnixStream, state: Arc<State>, cancel: CancellationToken)
                 return Ok(());
             }
             Some(Ok(bytes)) => match serde_json::from_slice::<Request>(&bytes) {
+                Ok(Request::Export { names }) => {
+                    Counters::bump(&state.counters.control_requests);
+                    return export(framed, &state, names).await;
+                }
                 Ok(req) => {
                     Counters::bump(&state.counters.control_requests);
                     handler::handle(req, &caller, &state).await
@@ -134,6 +138,34 @@ async fn serve(stream: UnixStream, state: Arc<State>, cancel: CancellationToken)
         };
         framed.send(encode(&reply)).await?;
     }
+}
+
+/// `export`: the answer frame, then the bundle's raw bytes, then the connection closes.
+async fn export(
+    mut framed: Framed<UnixStream, LengthDelimitedCodec>,
+    state: &Arc<State>,
+    names: Vec<String>,
+) -> Result<()> {
+    use tokio::io::AsyncWriteExt;
+    let (models, archive) = match crate::distribution::models::bundle(state, &names).await {
+        Ok(b) => b,
+        Err(e) => {
+            framed.send(encode(&error(ErrorKind::NotFound, e))).await?;
+            return Ok(());
+        }
+    };
+    let reply = Response::Export {
+        models: models.iter().map(|m| m.name.to_string()).collect(),
+        bytes: archive.len,
+    };
+    framed.send(encode(&reply)).await?;
+    let mut stream = framed.into_inner();
+    let mut body = std::pin::pin!(archive.into_stream(None));
+    while let Some(chunk) = body.next().await {
+        stream.write_all(&chunk?).await?;
+    }
+    stream.shutdown().await?;
+    Ok(())
 }
 
 fn encode(resp: &Response) -> bytes::Bytes {

@@ -37,6 +37,13 @@ pub enum Request {
     FillProgress { names: Vec<String> },
     /// The cache's own CA certificate; `rotate` replaces it with a new one first.
     Ca { rotate: bool },
+    /// A bundle of these models (a tar in Ollama's layout). Answered with [`Response::Export`],
+    /// after which the connection carries exactly `bytes` raw tar bytes and is closed.
+    Export { names: Vec<String> },
+    /// Import a bundle, a `/models/...` tar or an Ollama models directory at `path` (read by
+    /// the daemon, so it must be able to read it). `local`: count the models as the operator's
+    /// own (never evicted automatically) rather than fetched.
+    Import { path: String, local: bool },
 }
 
 impl Request {
@@ -51,6 +58,8 @@ impl Request {
             Request::Prefetch { .. } => "prefetch",
             Request::FillProgress { .. } => "fill_progress",
             Request::Ca { .. } => "ca",
+            Request::Export { .. } => "export",
+            Request::Import { .. } => "import",
         }
     }
 }
@@ -78,11 +87,38 @@ pub enum Response {
     Status(Status),
     Stats(Stats),
     Reloaded(ReloadReport),
-    Models { models: Vec<ModelInfo> },
+    Models {
+        models: Vec<ModelInfo>,
+    },
     Pruned(PruneReport),
-    Prefetch { fills: Vec<FillProgress> },
+    Prefetch {
+        fills: Vec<FillProgress>,
+    },
     Ca(CaInfo),
+    /// The bundle follows on the connection: `bytes` raw bytes of tar.
+    Export {
+        models: Vec<String>,
+        bytes: u64,
+    },
+    Imported(ImportReport),
     Error(ErrorReply),
+}
+
+/// What `import` did. Nothing is published unless every blob verified and every manifest is
+/// complete, so an error reply means nothing changed.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ImportReport {
+    /// Models whose manifest was written (new, or a tag whose manifest changed).
+    pub models_imported: Vec<String>,
+    /// Models already in the cache with byte-identical manifests.
+    pub models_skipped: Vec<String>,
+    /// Blobs verified and published, and their bytes.
+    pub blobs_imported: u64,
+    pub bytes_imported: u64,
+    /// Blobs already in the cache (not copied).
+    pub blobs_skipped: u64,
+    /// The models count as local (never evicted automatically) rather than fetched.
+    pub local: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
