@@ -142,14 +142,15 @@ enum Command {
     },
     /// Load a bundle, a tar from GET /models/..., or an Ollama models directory.
     ///
-    /// The daemon reads FILE|DIR itself, checks every blob's sha256 and size, and publishes
-    /// only complete models (nothing at all if anything is wrong). What the cache already has
-    /// is skipped. Imported models count as fetched (evictable) unless --local.
+    /// FILE|DIR is read here and streamed to the daemon over the control socket; the daemon
+    /// checks every blob's sha256 and size and publishes only complete models (nothing at all if
+    /// anything is wrong). What the cache already has is skipped. Imported models count as
+    /// fetched (evictable) unless --local.
     #[command(
         after_help = "Examples:\n  lancachectl import models.tar\n  lancachectl import /home/me/.ollama/models --local\n  lancachectl import models.tar --json"
     )]
     Import {
-        /// A tar file or an Ollama models directory (readable by the daemon's user).
+        /// A tar file or an Ollama models directory.
         #[arg(value_name = "FILE|DIR")]
         path: PathBuf,
         /// Keep the models as the operator's own: never evicted automatically.
@@ -218,16 +219,9 @@ fn main() -> ExitCode {
         Command::Export { names, output } => {
             return bundle::export(&cli.socket, names, output, cli.json);
         }
-        Command::Import { path, local } => match std::path::absolute(path) {
-            Ok(p) => Request::Import {
-                path: p.display().to_string(),
-                local: *local,
-            },
-            Err(e) => {
-                eprintln!("lancachectl import: {}: {e}", path.display());
-                return ExitCode::from(2);
-            }
-        },
+        Command::Import { path, local } => {
+            return bundle::import(&cli.socket, path, *local, cli.json);
+        }
     };
     let response = match client::call(&cli.socket, &request) {
         Ok(r) => r,
@@ -236,15 +230,8 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    if let Response::Error(e) = &response {
-        if cli.json {
-            println!("{}", serde_json::to_string_pretty(&response).unwrap());
-        }
-        eprintln!(
-            "lancachectl: the daemon refused: {} ({:?})",
-            e.message, e.kind
-        );
-        return ExitCode::from(1);
+    if let Response::Error(_) = &response {
+        return finish(&response, cli.json);
     }
     if let Command::Prefetch {
         names,
@@ -265,6 +252,26 @@ fn main() -> ExitCode {
         if matches!(cli.command, Command::Prefetch { .. }) {
             println!("the fills run in lancached; watch them with `lancachectl stats`");
         }
+    }
+    ExitCode::SUCCESS
+}
+
+/// Prints an answer (JSON or human) and turns it into the exit status.
+pub fn finish(response: &Response, json: bool) -> ExitCode {
+    if let Response::Error(e) = response {
+        if json {
+            println!("{}", serde_json::to_string_pretty(response).unwrap());
+        }
+        eprintln!(
+            "lancachectl: the daemon refused: {} ({:?})",
+            e.message, e.kind
+        );
+        return ExitCode::from(1);
+    }
+    if json {
+        println!("{}", serde_json::to_string_pretty(response).unwrap());
+    } else {
+        print!("{}", output::human(response, false, style::Style::detect()));
     }
     ExitCode::SUCCESS
 }

@@ -23,6 +23,7 @@ pub async fn handle(req: Request, caller: &Caller, state: &Arc<State>) -> Respon
             | Request::FillProgress { .. }
             | Request::Ca { rotate: false }
             | Request::Export { .. }
+            | Request::Import { .. }
     );
     let resp = match req {
         Request::Status => Response::Status(status(state)),
@@ -39,11 +40,10 @@ pub async fn handle(req: Request, caller: &Caller, state: &Arc<State>) -> Respon
         Request::Prefetch { names } => prefetch(state, names).await,
         Request::FillProgress { names } => fill_progress(state, names),
         Request::Ca { rotate } => ca(state, rotate),
-        Request::Import { path, local } => import(state, path, local).await,
-        // The connection loop streams exports itself (the tar follows the answer).
-        Request::Export { .. } => error(
+        // The connection loop streams these itself (a tar follows the request or the answer).
+        Request::Import { .. } | Request::Export { .. } => error(
             ErrorKind::BadRequest,
-            "export is answered by the connection loop",
+            "import and export are answered by the connection loop",
         ),
     };
     if audited {
@@ -146,25 +146,47 @@ async fn prune(state: &Arc<State>, p: PruneRequest) -> Response {
     }
 }
 
-/// `lancachectl import`: the daemon reads the file or directory itself, verifies everything and
-/// publishes it under the lifecycle lock (so eviction never sees a blob before its manifest).
-async fn import(state: &Arc<State>, path: String, local: bool) -> Response {
-    let path = std::path::PathBuf::from(path);
-    if !path.is_absolute() {
-        return error(
-            ErrorKind::BadRequest,
-            format!("{}: the daemon needs an absolute path", path.display()),
-        );
-    }
+/// `lancachectl import`: the tar arrives on the control connection (`reader`, blocking). Staging
+/// (copy, hash, verify) needs no lock; checking completeness and publishing happen under the
+/// lifecycle lock, so eviction never sees a blob before its manifest.
+pub async fn import(
+    state: &Arc<State>,
+    caller: &Caller,
+    reader: Box<dyn std::io::Read + Send>,
+    source: String,
+    local: bool,
+) -> Response {
+    let resp = import_inner(state, reader, local).await;
+    let outcome = match &resp {
+        Response::Error(e) => format!("failed: {}", e.message),
+        _ => "ok".to_string(),
+    };
+    tracing::info!(target: "audit", uid = caller.uid, pid = ?caller.pid, action = "import", %source, local, %outcome, "control action");
+    resp
+}
+
+async fn import_inner(
+    state: &Arc<State>,
+    reader: Box<dyn std::io::Read + Send>,
+    local: bool,
+) -> Response {
     if let Err(e) = state.index.wait_open(INDEX_WAIT).await {
         return error(ErrorKind::Failed, format!("{e:#}"));
     }
+    let s = state.clone();
+    let staged = match tokio::task::spawn_blocking(move || {
+        crate::store::import::stage_tar_stream(&s.layout, reader)
+    })
+    .await
+    {
+        Ok(Ok(st)) => st,
+        Ok(Err(e)) => return error(ErrorKind::Failed, format!("nothing imported: {}", e.0)),
+        Err(e) => return error(ErrorKind::Failed, format!("import: {e}")),
+    };
     let _turn = state.lifecycle.lock.lock().await;
     let s = state.clone();
-    let outcome = tokio::task::spawn_blocking(move || {
-        crate::store::import::import(&s.layout, &s.index, &path, local)
-    })
-    .await;
+    let outcome =
+        tokio::task::spawn_blocking(move || staged.publish(&s.layout, &s.index, local)).await;
     match outcome {
         Ok(Ok(report)) => {
             tracing::info!(

@@ -122,6 +122,10 @@ async fn serve(stream: UnixStream, state: Arc<State>, cancel: CancellationToken)
                 return Ok(());
             }
             Some(Ok(bytes)) => match serde_json::from_slice::<Request>(&bytes) {
+                Ok(Request::Import { source, local }) => {
+                    Counters::bump(&state.counters.control_requests);
+                    return import(framed, &state, &caller, source, local).await;
+                }
                 Ok(Request::Export { names }) => {
                     Counters::bump(&state.counters.control_requests);
                     return export(framed, &state, names).await;
@@ -138,6 +142,36 @@ async fn serve(stream: UnixStream, state: Arc<State>, cancel: CancellationToken)
         };
         framed.send(encode(&reply)).await?;
     }
+}
+
+/// A client that sends nothing for this long in the middle of an import is dropped (its
+/// import publishes nothing).
+const IMPORT_STALL: Duration = Duration::from_secs(60);
+
+/// `import`: the tar follows the request frame (the codec may already hold its first bytes);
+/// read with blocking I/O on the staging thread, then one answer frame.
+async fn import(
+    framed: Framed<UnixStream, LengthDelimitedCodec>,
+    state: &Arc<State>,
+    caller: &auth::Caller,
+    source: String,
+    local: bool,
+) -> Result<()> {
+    use std::io::Read;
+    let parts = framed.into_parts();
+    let early = std::io::Cursor::new(parts.read_buf.freeze());
+    let stream = parts.io.into_std()?;
+    stream.set_nonblocking(false)?;
+    stream.set_read_timeout(Some(IMPORT_STALL))?;
+    let reader = early.chain(stream.try_clone()?);
+    let reply = handler::import(state, caller, Box::new(reader), source, local).await;
+    let mut stream = stream;
+    tokio::task::spawn_blocking(move || {
+        stream.set_write_timeout(Some(IMPORT_STALL))?;
+        lancache_protocol::write_frame(&mut stream, &reply).map_err(|e| anyhow::anyhow!("{e}"))
+    })
+    .await??;
+    Ok(())
 }
 
 /// `export`: the answer frame, then the bundle's raw bytes, then the connection closes.

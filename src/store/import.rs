@@ -1,5 +1,7 @@
 //! `lancachectl import`: a bundle (`lancachectl export`), a tar from `GET /models/...`, or any
-//! Ollama models directory, verified and published into the cache.
+//! Ollama models directory (which the CLI sends as the same tar), verified and published into
+//! the cache. The tar comes over the control socket: the packaged daemon cannot read users'
+//! files itself.
 //!
 //! All or nothing, in two phases:
 //! 1. **Stage.** Every blob is copied into a private directory under `.lancached/` (same
@@ -19,8 +21,7 @@
 use sha2::{Digest as _, Sha256};
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
-use std::os::unix::fs::OpenOptionsExt;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use super::names::{Digest, ModelRef};
 use super::{Index, Layout, Manifest};
@@ -77,15 +78,15 @@ impl Drop for Staging {
     }
 }
 
-/// Imports `path` (a tar file or an Ollama models directory) into the cache at `layout`.
-pub fn import(
-    layout: &Layout,
-    index: &Index,
-    path: &Path,
-    local: bool,
-) -> Result<Report, ImportError> {
-    let meta =
-        std::fs::metadata(path).or_else(|e| err(format!("cannot read {}: {e}", path.display())))?;
+/// What staging produced: verified blobs in the private directory and the manifests, ready to
+/// [`Staged::publish`] (under the lifecycle lock; staging itself needs no lock).
+pub struct Staged {
+    staging: Staging,
+    blobs: BTreeMap<Digest, Blob>,
+    manifests: Vec<ManifestIn>,
+}
+
+fn new_staging(layout: &Layout) -> Result<Staging, ImportError> {
     let nanos = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_nanos())
@@ -95,24 +96,56 @@ pub fn import(
         .join(format!("import-{}-{nanos}", std::process::id()));
     std::fs::create_dir_all(&dir)
         .or_else(|e| err(format!("cannot create {}: {e}", dir.display())))?;
-    let staging = Staging(dir);
+    Ok(Staging(dir))
+}
+
+/// Stages a tar stream (a bundle, a `/models/...` tar, or an Ollama models directory as the CLI
+/// sends it): every blob verified, every member checked.
+pub fn stage_tar_stream(layout: &Layout, reader: impl Read) -> Result<Staged, ImportError> {
+    let staging = new_staging(layout)?;
     let mut blobs = BTreeMap::new();
     let mut manifests = Vec::new();
-    if meta.is_dir() {
-        stage_dir(layout, &staging, path, &mut blobs, &mut manifests)?;
-    } else {
-        let file = std::fs::File::open(path)
-            .or_else(|e| err(format!("cannot open {}: {e}", path.display())))?;
-        stage_tar(layout, &staging, file, &mut blobs, &mut manifests)?;
+    stage_tar(layout, &staging, reader, &mut blobs, &mut manifests)?;
+    Staged::new(staging, blobs, manifests, "the archive")
+}
+
+impl Staged {
+    fn new(
+        staging: Staging,
+        blobs: BTreeMap<Digest, Blob>,
+        manifests: Vec<ManifestIn>,
+        what: &str,
+    ) -> Result<Staged, ImportError> {
+        if manifests.is_empty() {
+            return err(format!(
+                "{what} holds no model manifest (expected manifests/<host>/<namespace>/<model>/<tag>)"
+            ));
+        }
+        Ok(Staged {
+            staging,
+            blobs,
+            manifests,
+        })
     }
-    if manifests.is_empty() {
-        return err(format!(
-            "{} holds no model manifest (expected manifests/<host>/<namespace>/<model>/<tag>)",
-            path.display()
-        ));
+
+    /// Checks that every manifest is complete (blobs staged, or still in the cache), then
+    /// publishes. The staging directory goes in any case.
+    pub fn publish(
+        self,
+        layout: &Layout,
+        index: &Index,
+        local: bool,
+    ) -> Result<Report, ImportError> {
+        check_complete(layout, &self.blobs, &self.manifests)?;
+        publish(
+            layout,
+            index,
+            &self.staging,
+            &self.blobs,
+            &self.manifests,
+            local,
+        )
     }
-    check_complete(layout, &blobs, &manifests)?;
-    publish(layout, index, &staging, &blobs, &manifests, local)
 }
 
 /// The member path as a relative, normalised string, or why it is refused.
@@ -248,7 +281,7 @@ impl<R: Read> Read for Counting<R> {
 fn stage_tar(
     layout: &Layout,
     staging: &Staging,
-    file: std::fs::File,
+    file: impl Read,
     blobs: &mut BTreeMap<Digest, Blob>,
     manifests: &mut Vec<ManifestIn>,
 ) -> Result<(), ImportError> {
@@ -359,75 +392,6 @@ fn stage_tar(
     Ok(())
 }
 
-fn stage_dir(
-    layout: &Layout,
-    staging: &Staging,
-    src: &Path,
-    blobs: &mut BTreeMap<Digest, Blob>,
-    manifests: &mut Vec<ManifestIn>,
-) -> Result<(), ImportError> {
-    let from = Layout::new(src);
-    for (model, path) in from.list_manifests() {
-        let shown = path.display().to_string();
-        let mut f = std::fs::OpenOptions::new()
-            .read(true)
-            .custom_flags(libc::O_NOFOLLOW)
-            .open(&path)
-            .or_else(|e| err(format!("{shown}: {e}")))?;
-        let mut bytes = Vec::new();
-        (&mut f)
-            .take(MAX_MANIFEST + 1)
-            .read_to_end(&mut bytes)
-            .or_else(|e| err(format!("{shown}: {e}")))?;
-        if bytes.len() as u64 > MAX_MANIFEST {
-            return err(format!("{shown}: too big for a manifest"));
-        }
-        manifests.push(parse_manifest(&shown, model, bytes)?);
-    }
-    for m in manifests.iter() {
-        for layer in m.manifest.blobs() {
-            let d = &layer.digest;
-            if blobs.contains_key(d) {
-                continue;
-            }
-            let path = from.blob_path(d);
-            let shown = path.display().to_string();
-            if let Some(len) = already_published(layout, d) {
-                blobs.insert(
-                    d.clone(),
-                    Blob {
-                        member: shown,
-                        size: len,
-                        staged: None,
-                    },
-                );
-                continue;
-            }
-            let f = match std::fs::OpenOptions::new()
-                .read(true)
-                .custom_flags(libc::O_NOFOLLOW)
-                .open(&path)
-            {
-                Ok(f) if f.metadata().is_ok_and(|m| m.is_file()) => f,
-                Ok(_) => return err(format!("{shown}: not a regular file")),
-                // Missing: check_complete names the manifest that needs it.
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
-                Err(e) => return err(format!("{shown}: {e}")),
-            };
-            let (staged, size) = stage_blob(staging, d, &shown, f)?;
-            blobs.insert(
-                d.clone(),
-                Blob {
-                    member: shown,
-                    size,
-                    staged: Some(staged),
-                },
-            );
-        }
-    }
-    Ok(())
-}
-
 fn check_complete(
     layout: &Layout,
     blobs: &BTreeMap<Digest, Blob>,
@@ -441,7 +405,16 @@ fn check_complete(
             ));
         }
         for layer in m.manifest.blobs() {
-            match blobs.get(&layer.digest) {
+            let b = blobs.get(&layer.digest);
+            if b.is_some_and(|b| b.staged.is_none())
+                && already_published(layout, &layer.digest) != Some(layer.size)
+            {
+                return err(format!(
+                    "blob {} left the cache during the import (evicted?); import again",
+                    layer.digest
+                ));
+            }
+            match b {
                 None => {
                     return err(format!(
                         "{} references blob {}, which is neither in the import nor in the cache",

@@ -40,10 +40,14 @@ pub enum Request {
     /// A bundle of these models (a tar in Ollama's layout). Answered with [`Response::Export`],
     /// after which the connection carries exactly `bytes` raw tar bytes and is closed.
     Export { names: Vec<String> },
-    /// Import a bundle, a `/models/...` tar or an Ollama models directory at `path` (read by
-    /// the daemon, so it must be able to read it). `local`: count the models as the operator's
-    /// own (never evicted automatically) rather than fetched.
-    Import { path: String, local: bool },
+    /// Import a tar in Ollama's layout (a bundle, a `/models/...` tar, or a models directory the
+    /// CLI turns into one). The raw tar follows this frame on the connection until the client
+    /// shuts down its writing half; then the daemon answers [`Response::Imported`] or an error.
+    /// The client sends the bytes (not a path) because the packaged daemon cannot read users'
+    /// files (`ProtectHome=`, `PrivateTmp=`, its own user). `source` names what is sent, for
+    /// messages and the audit log. `local`: the models count as the operator's own (never
+    /// evicted automatically) rather than fetched.
+    Import { source: String, local: bool },
 }
 
 impl Request {
