@@ -2,9 +2,12 @@
 //! - export of two models → one tar, every blob once, manifests last; imported into a second
 //!   daemon, manifests and blobs are byte-identical; the same tar `tar -x`'d into a fresh
 //!   `OLLAMA_MODELS` is listed by the real ollama 0.5.4 (when installed) with the cache's IDs;
-//! - `GET /models/a:1,b:2`: one tar, `Content-Length` exact, same members as the export;
+//! - `GET /models/a:1,b:2`: one tar, `Content-Length` exact, same members as the export; two
+//!   tags sharing their blobs put each blob in the bundle once;
+//! - the second daemon's cache (an Ollama models dir) is listed by the real client too;
 //! - import of an Ollama models directory; `--local` vs fetched in `lancachectl models --json`;
-//!   a re-import skips everything and reports it;
+//!   a re-import skips everything and reports it; a blob the cache already has is not copied;
+//!   a directory whose manifest lacks a blob imports nothing and names that manifest;
 //! - a truncated bundle, a flipped byte in a blob, a manifest referencing a missing blob, and
 //!   hostile members (`..`, absolute, symlink, hard link, device): exit 1, the error names the
 //!   member, and nothing at all is published.
@@ -125,6 +128,19 @@ fn export_import_round_trip_and_real_ollama() {
     assert_same(&b.path("cache"), &want);
     assert!(fetched(&b).iter().all(|(_, f)| *f), "{:?}", fetched(&b));
 
+    if crate::util::ollama::binary().is_some() {
+        let ollama = crate::util::ollama::Ollama::serve_local(&b.path("cache"));
+        let list = ollama.list();
+        for m in &want {
+            assert!(
+                list.iter()
+                    .any(|(n, id)| *n == m.name.short_name() && *id == m.id()),
+                "{} not in `ollama list` of the importing cache: {list:?}",
+                m.name
+            );
+        }
+    }
+
     // Again: everything is skipped.
     let r = b.ctl_json(&["import", file.to_str().unwrap()]);
     assert_eq!(r["models_imported"].as_array().unwrap().len(), 0, "{r}");
@@ -167,6 +183,18 @@ fn export_import_round_trip_and_real_ollama() {
 #[test]
 fn http_route_serves_several_models_as_one_tar() {
     let (a, want) = source();
+    // A second tag of the same model: same blobs.
+    let alias = a.path("cache/manifests/registry.ollama.ai/library/qwen2.5/latest");
+    std::fs::write(&alias, &want[0].manifest).unwrap();
+    let (status, _, body) =
+        crate::util::models::raw_get(a.http.unwrap(), "/models/qwen2.5:1.5b,qwen2.5", "");
+    assert_eq!(status, 200);
+    let names = members(&body);
+    assert_eq!(
+        names.len(),
+        want[0].blobs.len() + 2,
+        "each blob once: {names:?}"
+    );
     let (status, headers, body) = crate::util::models::raw_get(
         a.http.unwrap(),
         "/models/qwen2.5:1.5b,someuser/my-model:v1.0",
@@ -218,8 +246,34 @@ fn import_of_a_models_dir_local_or_fetched() {
     assert!(fetched(&b).iter().all(|(_, f)| !*f), "{:?}", fetched(&b));
 
     let c = Daemon::start();
-    c.ctl_json(&["import", laptop.path().to_str().unwrap()]);
+    // One blob is already in c's cache: not copied again.
+    let (d0, _) = &want[0].blobs[1];
+    std::fs::copy(
+        TestModel::blob_path(laptop.path(), d0),
+        TestModel::blob_path(&c.path("cache"), d0),
+    )
+    .unwrap();
+    let r = c.ctl_json(&["import", laptop.path().to_str().unwrap()]);
+    assert_eq!(r["blobs_skipped"].as_u64().unwrap(), 1, "{r}");
+    assert_eq!(r["blobs_imported"].as_u64().unwrap(), 4, "{r}");
     assert!(fetched(&c).iter().all(|(_, f)| *f), "{:?}", fetched(&c));
+
+    // A models dir whose manifest lacks a blob: nothing imported, the manifest named.
+    let broken = tempfile::tempdir().unwrap();
+    let m = write_model(broken.path(), "other:1", &[1000]);
+    write_model(broken.path(), "fine:1", &[1000]);
+    std::fs::remove_file(TestModel::blob_path(broken.path(), &m.blobs[1].0)).unwrap();
+    let e = Daemon::start();
+    let before = published(&e.path("cache"));
+    let out = e.ctl(&["import", broken.path().to_str().unwrap()]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("manifests/registry.ollama.ai/library/other/1")
+            && err.contains(m.blobs[1].0.as_str()),
+        "{err}"
+    );
+    assert_eq!(published(&e.path("cache")), before);
 }
 
 /// A tar built by hand: (path bytes, entry type, data, link name).
