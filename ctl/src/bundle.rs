@@ -11,15 +11,9 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 pub fn export(socket: &Path, names: &[String], out: &Path, json: bool) -> ExitCode {
-    let mut stream = match UnixStream::connect(socket) {
+    let mut stream = match connect(socket) {
         Ok(s) => s,
-        Err(e) => {
-            eprintln!(
-                "lancachectl: cannot reach lancached at {}: {e} (is lancached running? set --socket or LANCACHE_SOCKET)",
-                socket.display()
-            );
-            return ExitCode::from(2);
-        }
+        Err(code) => return code,
     };
     let _ = stream.set_read_timeout(Some(Duration::from_secs(600)));
     let req = Request::Export {
@@ -63,20 +57,7 @@ pub fn export(socket: &Path, names: &[String], out: &Path, json: bool) -> ExitCo
             }
         }
     };
-    let bar = if !json && std::io::stderr().is_terminal() {
-        let b = ProgressBar::with_draw_target(Some(total), ProgressDrawTarget::stderr());
-        b.set_style(
-            ProgressStyle::with_template(
-                "{msg} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}",
-            )
-            .unwrap_or_else(|_| ProgressStyle::default_bar())
-            .progress_chars("=> "),
-        );
-        b.set_message("export");
-        b
-    } else {
-        ProgressBar::hidden()
-    };
+    let bar = bar(total, "export", json);
     let mut buf = vec![0u8; 1 << 20];
     let mut done = 0u64;
     let fail = |msg: String| {

@@ -28,6 +28,8 @@ Examples:
   lancachectl models --json
   lancachectl prune --older-than 30d --dry-run
   lancachectl prefetch llama3:8b
+  lancachectl export llama3:8b -o models.tar
+  lancachectl import models.tar
   lancachectl reload
   LANCACHE_SOCKET=./lancache-state/control.sock lancachectl status"
 )]
