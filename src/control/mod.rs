@@ -145,7 +145,7 @@ async fn serve(stream: UnixStream, state: Arc<State>, cancel: CancellationToken)
 }
 
 /// A client that sends nothing for this long in the middle of an import is dropped (its
-/// import publishes nothing).
+/// import publishes nothing); one that reads nothing for this long during an export too.
 const IMPORT_STALL: Duration = Duration::from_secs(60);
 
 /// `import`: the tar follows the request frame (the codec may already hold its first bytes);
@@ -196,7 +196,10 @@ async fn export(
     let mut stream = framed.into_inner();
     let mut body = std::pin::pin!(archive.into_stream(None));
     while let Some(chunk) = body.next().await {
-        stream.write_all(&chunk?).await?;
+        // A reader that stops reading must not hold the blobs' pins forever.
+        tokio::time::timeout(IMPORT_STALL, stream.write_all(&chunk?))
+            .await
+            .map_err(|_| anyhow::anyhow!("export: the client stopped reading"))??;
     }
     stream.shutdown().await?;
     Ok(())

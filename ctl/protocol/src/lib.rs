@@ -465,6 +465,31 @@ mod tests {
     }
 
     #[test]
+    fn bundle_requests_round_trip() {
+        for req in [
+            Request::Export {
+                names: vec!["llama3:8b".into(), "qwen2.5".into()],
+            },
+            Request::Import {
+                source: "/tmp/models.tar".into(),
+                local: true,
+            },
+        ] {
+            let mut buf = Vec::new();
+            write_frame(&mut buf, &req).unwrap();
+            assert_eq!(read_frame::<Request>(&mut buf.as_slice()).unwrap(), req);
+        }
+        assert_eq!(
+            serde_json::to_string(&Request::Import {
+                source: "x".into(),
+                local: false
+            })
+            .unwrap(),
+            r#"{"request":"import","source":"x","local":false}"#
+        );
+    }
+
+    #[test]
     fn request_tags_are_stable() {
         assert_eq!(
             serde_json::to_string(&Request::Status).unwrap(),
