@@ -5,6 +5,7 @@
 mod util;
 
 mod activation;
+mod bundles;
 mod config;
 mod control;
 mod distribution;

@@ -4,6 +4,7 @@
 //! (the message says why), 2 the daemon could not be reached (the message names the socket path
 //! tried and the reason).
 
+mod bundle;
 mod client;
 mod output;
 mod prefetch;
@@ -27,6 +28,8 @@ Examples:
   lancachectl models --json
   lancachectl prune --older-than 30d --dry-run
   lancachectl prefetch llama3:8b
+  lancachectl export llama3:8b -o models.tar
+  lancachectl import models.tar
   lancachectl reload
   LANCACHE_SOCKET=./lancache-state/control.sock lancachectl status"
 )]
@@ -124,6 +127,38 @@ enum Command {
         #[arg(long)]
         rotate: bool,
     },
+    /// Write models (manifests and blobs, in Ollama's layout) to one tar: a bundle.
+    ///
+    /// The daemon streams it over the control socket. `tar -x -C ~/.ollama/models` unpacks it
+    /// without lancache; `lancachectl import` loads it into another cache.
+    #[command(
+        after_help = "Examples:\n  lancachectl export llama3:8b qwen2.5:1.5b -o models.tar\n  lancachectl export llama3:8b -o - | ssh host tar -x -C .ollama/models"
+    )]
+    Export {
+        /// Model names (llama3, llama3:8b, user/model:tag, hf.co/user/repo:quant).
+        #[arg(required = true, value_name = "NAME")]
+        names: Vec<String>,
+        /// Where to write the tar; `-` for stdout.
+        #[arg(short = 'o', long = "output", value_name = "FILE")]
+        output: PathBuf,
+    },
+    /// Load a bundle, a tar from GET /models/..., or an Ollama models directory.
+    ///
+    /// FILE|DIR is read here and streamed to the daemon over the control socket; the daemon
+    /// checks every blob's sha256 and size and publishes only complete models (nothing at all if
+    /// anything is wrong). What the cache already has is skipped. Imported models count as
+    /// fetched (evictable) unless --local.
+    #[command(
+        after_help = "Examples:\n  lancachectl import models.tar\n  lancachectl import /home/me/.ollama/models --local\n  lancachectl import models.tar --json"
+    )]
+    Import {
+        /// A tar file or an Ollama models directory.
+        #[arg(value_name = "FILE|DIR")]
+        path: PathBuf,
+        /// Keep the models as the operator's own: never evicted automatically.
+        #[arg(long)]
+        local: bool,
+    },
     /// Write man pages and shell completions under DIR (used by scripts/package.sh; hidden:
     /// not an operator's command, and it never talks to the daemon).
     #[command(hide = true)]
@@ -183,6 +218,12 @@ fn main() -> ExitCode {
             names: names.clone(),
         },
         Command::Ca { rotate, .. } => Request::Ca { rotate: *rotate },
+        Command::Export { names, output } => {
+            return bundle::export(&cli.socket, names, output, cli.json);
+        }
+        Command::Import { path, local } => {
+            return bundle::import(&cli.socket, path, *local, cli.json);
+        }
     };
     let response = match client::call(&cli.socket, &request) {
         Ok(r) => r,
@@ -191,15 +232,8 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    if let Response::Error(e) = &response {
-        if cli.json {
-            println!("{}", serde_json::to_string_pretty(&response).unwrap());
-        }
-        eprintln!(
-            "lancachectl: the daemon refused: {} ({:?})",
-            e.message, e.kind
-        );
-        return ExitCode::from(1);
+    if let Response::Error(_) = &response {
+        return finish(&response, cli.json);
     }
     if let Command::Prefetch {
         names,
@@ -220,6 +254,26 @@ fn main() -> ExitCode {
         if matches!(cli.command, Command::Prefetch { .. }) {
             println!("the fills run in lancached; watch them with `lancachectl stats`");
         }
+    }
+    ExitCode::SUCCESS
+}
+
+/// Prints an answer (JSON or human) and turns it into the exit status.
+pub fn finish(response: &Response, json: bool) -> ExitCode {
+    if let Response::Error(e) = response {
+        if json {
+            println!("{}", serde_json::to_string_pretty(response).unwrap());
+        }
+        eprintln!(
+            "lancachectl: the daemon refused: {} ({:?})",
+            e.message, e.kind
+        );
+        return ExitCode::from(1);
+    }
+    if json {
+        println!("{}", serde_json::to_string_pretty(response).unwrap());
+    } else {
+        print!("{}", output::human(response, false, style::Style::detect()));
     }
     ExitCode::SUCCESS
 }

@@ -71,6 +71,24 @@ fn pct(part: u64, whole: u64) -> f64 {
 pub fn human(resp: &Response, ca_path: bool, st: Style) -> String {
     let mut o = String::new();
     match resp {
+        Response::Export { models, bytes: n } => {
+            let _ = writeln!(o, "bundle of {} model(s), {}", models.len(), bytes(*n));
+        }
+        Response::Imported(r) => {
+            let _ = writeln!(
+                o,
+                "imported {} model(s), {} blob(s) ({}); already here: {} model(s), {} blob(s){}",
+                r.models_imported.len(),
+                r.blobs_imported,
+                bytes(r.bytes_imported),
+                r.models_skipped.len(),
+                r.blobs_skipped,
+                if r.local { " (kept as local)" } else { "" }
+            );
+            for m in &r.models_imported {
+                let _ = writeln!(o, "  + {}", short(m));
+            }
+        }
         Response::Status(s) => {
             let _ = writeln!(
                 o,

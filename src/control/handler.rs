@@ -22,6 +22,8 @@ pub async fn handle(req: Request, caller: &Caller, state: &Arc<State>) -> Respon
             | Request::Models
             | Request::FillProgress { .. }
             | Request::Ca { rotate: false }
+            | Request::Export { .. }
+            | Request::Import { .. }
     );
     let resp = match req {
         Request::Status => Response::Status(status(state)),
@@ -38,6 +40,11 @@ pub async fn handle(req: Request, caller: &Caller, state: &Arc<State>) -> Respon
         Request::Prefetch { names } => prefetch(state, names).await,
         Request::FillProgress { names } => fill_progress(state, names),
         Request::Ca { rotate } => ca(state, rotate),
+        // The connection loop streams these itself (a tar follows the request or the answer).
+        Request::Import { .. } | Request::Export { .. } => error(
+            ErrorKind::BadRequest,
+            "import and export are answered by the connection loop",
+        ),
     };
     if audited {
         let outcome = match &resp {
@@ -136,6 +143,69 @@ async fn prune(state: &Arc<State>, p: PruneRequest) -> Response {
         Ok(Err(e @ PruneError::NotFound(_))) => error(ErrorKind::NotFound, e.to_string()),
         Ok(Err(e @ PruneError::Refused(_))) => error(ErrorKind::Failed, e.to_string()),
         Err(e) => error(ErrorKind::Failed, format!("prune: {e}")),
+    }
+}
+
+/// `lancachectl import`: the tar arrives on the control connection (`reader`, blocking). Staging
+/// (copy, hash, verify) needs no lock; checking completeness and publishing happen under the
+/// lifecycle lock, so eviction never sees a blob before its manifest.
+pub async fn import(
+    state: &Arc<State>,
+    caller: &Caller,
+    reader: Box<dyn std::io::Read + Send>,
+    source: String,
+    local: bool,
+) -> Response {
+    let resp = import_inner(state, reader, local).await;
+    let outcome = match &resp {
+        Response::Error(e) => format!("failed: {}", e.message),
+        _ => "ok".to_string(),
+    };
+    tracing::info!(target: "audit", uid = caller.uid, pid = ?caller.pid, action = "import", %source, local, %outcome, "control action");
+    resp
+}
+
+async fn import_inner(
+    state: &Arc<State>,
+    reader: Box<dyn std::io::Read + Send>,
+    local: bool,
+) -> Response {
+    if let Err(e) = state.index.wait_open(INDEX_WAIT).await {
+        return error(ErrorKind::Failed, format!("{e:#}"));
+    }
+    let s = state.clone();
+    let staged = match tokio::task::spawn_blocking(move || {
+        crate::store::import::stage_tar_stream(&s.layout, reader)
+    })
+    .await
+    {
+        Ok(Ok(st)) => st,
+        Ok(Err(e)) => return error(ErrorKind::Failed, format!("nothing imported: {}", e.0)),
+        Err(e) => return error(ErrorKind::Failed, format!("import: {e}")),
+    };
+    let _turn = state.lifecycle.lock.lock().await;
+    let s = state.clone();
+    let outcome =
+        tokio::task::spawn_blocking(move || staged.publish(&s.layout, &s.index, local)).await;
+    match outcome {
+        Ok(Ok(report)) => {
+            tracing::info!(
+                imported = ?report.models_imported.iter().map(|m| m.to_string()).collect::<Vec<_>>(),
+                skipped = report.models_skipped.len(),
+                blobs = report.blobs_imported,
+                bytes = report.bytes_imported,
+                local,
+                "imported"
+            );
+            if let Err(e) = state.index.flush() {
+                tracing::warn!("index flush after import: {e:#}");
+            }
+            // Imported bytes count against max_size.
+            state.lifecycle.wake.notify_one();
+            Response::Imported(report.into())
+        }
+        Ok(Err(e)) => error(ErrorKind::Failed, format!("nothing imported: {}", e.0)),
+        Err(e) => error(ErrorKind::Failed, format!("import: {e}")),
     }
 }
 

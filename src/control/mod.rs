@@ -122,6 +122,14 @@ async fn serve(stream: UnixStream, state: Arc<State>, cancel: CancellationToken)
                 return Ok(());
             }
             Some(Ok(bytes)) => match serde_json::from_slice::<Request>(&bytes) {
+                Ok(Request::Import { source, local }) => {
+                    Counters::bump(&state.counters.control_requests);
+                    return import(framed, &state, &caller, source, local).await;
+                }
+                Ok(Request::Export { names }) => {
+                    Counters::bump(&state.counters.control_requests);
+                    return export(framed, &state, names).await;
+                }
                 Ok(req) => {
                     Counters::bump(&state.counters.control_requests);
                     handler::handle(req, &caller, &state).await
@@ -134,6 +142,67 @@ async fn serve(stream: UnixStream, state: Arc<State>, cancel: CancellationToken)
         };
         framed.send(encode(&reply)).await?;
     }
+}
+
+/// A client that sends nothing for this long in the middle of an import is dropped (its
+/// import publishes nothing); one that reads nothing for this long during an export too.
+const IMPORT_STALL: Duration = Duration::from_secs(60);
+
+/// `import`: the tar follows the request frame (the codec may already hold its first bytes);
+/// read with blocking I/O on the staging thread, then one answer frame.
+async fn import(
+    framed: Framed<UnixStream, LengthDelimitedCodec>,
+    state: &Arc<State>,
+    caller: &auth::Caller,
+    source: String,
+    local: bool,
+) -> Result<()> {
+    use std::io::Read;
+    let parts = framed.into_parts();
+    let early = std::io::Cursor::new(parts.read_buf.freeze());
+    let stream = parts.io.into_std()?;
+    stream.set_nonblocking(false)?;
+    stream.set_read_timeout(Some(IMPORT_STALL))?;
+    let reader = early.chain(stream.try_clone()?);
+    let reply = handler::import(state, caller, Box::new(reader), source, local).await;
+    let mut stream = stream;
+    tokio::task::spawn_blocking(move || {
+        stream.set_write_timeout(Some(IMPORT_STALL))?;
+        lancache_protocol::write_frame(&mut stream, &reply).map_err(|e| anyhow::anyhow!("{e}"))
+    })
+    .await??;
+    Ok(())
+}
+
+/// `export`: the answer frame, then the bundle's raw bytes, then the connection closes.
+async fn export(
+    mut framed: Framed<UnixStream, LengthDelimitedCodec>,
+    state: &Arc<State>,
+    names: Vec<String>,
+) -> Result<()> {
+    use tokio::io::AsyncWriteExt;
+    let (models, archive) = match crate::distribution::models::bundle(state, &names).await {
+        Ok(b) => b,
+        Err(e) => {
+            framed.send(encode(&error(ErrorKind::NotFound, e))).await?;
+            return Ok(());
+        }
+    };
+    let reply = Response::Export {
+        models: models.iter().map(|m| m.name.to_string()).collect(),
+        bytes: archive.len,
+    };
+    framed.send(encode(&reply)).await?;
+    let mut stream = framed.into_inner();
+    let mut body = std::pin::pin!(archive.into_stream(None));
+    while let Some(chunk) = body.next().await {
+        // A reader that stops reading must not hold the blobs' pins forever.
+        tokio::time::timeout(IMPORT_STALL, stream.write_all(&chunk?))
+            .await
+            .map_err(|_| anyhow::anyhow!("export: the client stopped reading"))??;
+    }
+    stream.shutdown().await?;
+    Ok(())
 }
 
 fn encode(resp: &Response) -> bytes::Bytes {

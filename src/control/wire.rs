@@ -210,6 +210,19 @@ pub fn add_lifecycle_usage(cache: &mut wire::CacheStats, lc: &LifecycleSnapshot)
     cache.evictions = lc.evicted_models;
 }
 
+impl From<crate::store::import::Report> for wire::ImportReport {
+    fn from(r: crate::store::import::Report) -> Self {
+        wire::ImportReport {
+            models_imported: r.models_imported.iter().map(|m| m.to_string()).collect(),
+            models_skipped: r.models_skipped.iter().map(|m| m.to_string()).collect(),
+            blobs_imported: r.blobs_imported,
+            bytes_imported: r.bytes_imported,
+            blobs_skipped: r.blobs_skipped,
+            local: r.local,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,7 +1,8 @@
-//! A model as a tar stream of exactly what belongs in an Ollama models directory:
-//! `blobs/sha256-<hex>` for the config and every layer, then
-//! `manifests/<host>/<ns>/<model>/<tag>` last, so an interrupted `tar -x` leaves blobs Ollama
-//! will clean up rather than a manifest pointing at missing data.
+//! One or more models (a bundle) as a tar stream of exactly what belongs in an Ollama models
+//! directory: `blobs/sha256-<hex>` for the config and every layer of every model (a blob shared
+//! by several models is written once), then every `manifests/<host>/<ns>/<model>/<tag>` last, so
+//! an interrupted `tar -x` leaves blobs Ollama will clean up rather than a manifest pointing at
+//! missing data. `lancachectl import` reads the same format back (see `store::import`).
 //!
 //! The archive's length is known before the first byte (headers are 512 bytes, data is padded to
 //! 512, two zero blocks end it), so the response carries `Content-Length` and a truncated
@@ -11,7 +12,7 @@
 //! the `tar` crate (ustar, with a PAX `path` record for names too long for ustar's fields).
 
 use bytes::{Bytes, BytesMut};
-use futures_util::stream;
+use futures_util::{stream, TryStreamExt};
 use http_body_util::{BodyExt, StreamBody};
 use hyper::body::Frame;
 use std::os::unix::fs::OpenOptionsExt;
@@ -92,8 +93,20 @@ pub struct Incomplete(pub String);
 
 impl Archive {
     pub fn build(layout: &Layout, pins: &Pins, model: &Model) -> Result<Archive, Incomplete> {
-        let mtime = model
-            .modified
+        Archive::build_many(layout, pins, std::slice::from_ref(model))
+    }
+
+    /// A bundle of several models: every distinct blob once, then every manifest.
+    pub fn build_many(
+        layout: &Layout,
+        pins: &Pins,
+        models: &[Model],
+    ) -> Result<Archive, Incomplete> {
+        let mtime = models
+            .iter()
+            .map(|m| m.modified)
+            .max()
+            .unwrap_or_else(SystemTime::now)
             .duration_since(UNIX_EPOCH)
             .or_else(|_| SystemTime::now().duration_since(UNIX_EPOCH))
             .map(|d| d.as_secs())
@@ -102,7 +115,7 @@ impl Archive {
         let mut pins_held = Vec::new();
         let mut seen = std::collections::HashSet::new();
         let io = |e: std::io::Error| Incomplete(format!("cannot build the archive: {e}"));
-        for layer in model.manifest.blobs() {
+        for layer in models.iter().flat_map(|m| m.manifest.blobs()) {
             if !seen.insert(layer.digest.clone()) {
                 continue;
             }
@@ -138,13 +151,15 @@ impl Archive {
                 pad: padding(layer.size),
             });
         }
-        let n = &model.name;
-        let mpath = format!("manifests/{}/{}/{}/{}", n.host, n.namespace, n.model, n.tag);
-        let mbytes = model.manifest_bytes.as_slice();
         let mut tail = BytesMut::new();
-        tail.extend_from_slice(&header(&mpath, mbytes.len() as u64, mtime).map_err(io)?);
-        tail.extend_from_slice(mbytes);
-        tail.extend_from_slice(&vec![0u8; padding(mbytes.len() as u64) as usize]);
+        for model in models {
+            let n = &model.name;
+            let mpath = format!("manifests/{}/{}/{}/{}", n.host, n.namespace, n.model, n.tag);
+            let mbytes = model.manifest_bytes.as_slice();
+            tail.extend_from_slice(&header(&mpath, mbytes.len() as u64, mtime).map_err(io)?);
+            tail.extend_from_slice(mbytes);
+            tail.extend_from_slice(&vec![0u8; padding(mbytes.len() as u64) as usize]);
+        }
         tail.extend_from_slice(&[0u8; 2 * BLOCK as usize]);
         parts.push(Part::Bytes(tail.freeze()));
         let len = parts
@@ -163,10 +178,18 @@ impl Archive {
 
     /// The response body; `session` counts the bytes and ends with the stream.
     pub fn into_body(self, session: SessionGuard) -> Body {
+        StreamBody::new(self.into_stream(Some(session)).map_ok(Frame::data)).boxed()
+    }
+
+    /// The archive's bytes in order (the control socket's `export` writes them raw).
+    pub fn into_stream(
+        self,
+        session: Option<SessionGuard>,
+    ) -> impl futures_util::Stream<Item = std::io::Result<Bytes>> + Send {
         struct St {
             parts: std::vec::IntoIter<Part>,
             current: Option<(tokio::fs::File, u64, u64)>,
-            session: SessionGuard,
+            session: Option<SessionGuard>,
             _pins: Vec<crate::store::pins::Pin>,
         }
         let st = St {
@@ -192,24 +215,21 @@ impl Archive {
                         }
                         buf.truncate(n);
                         *left -= n as u64;
-                        st.session.add(n as u64);
-                        return Ok(Some((Frame::data(buf.freeze()), st)));
+                        add(&st.session, n as u64);
+                        return Ok(Some((buf.freeze(), st)));
                     }
                     let pad = *pad;
                     st.current = None;
                     if pad > 0 {
-                        st.session.add(pad);
-                        return Ok(Some((
-                            Frame::data(Bytes::from(vec![0u8; pad as usize])),
-                            st,
-                        )));
+                        add(&st.session, pad);
+                        return Ok(Some((Bytes::from(vec![0u8; pad as usize]), st)));
                     }
                 }
                 match st.parts.next() {
                     None => return Ok(None),
                     Some(Part::Bytes(b)) => {
-                        st.session.add(b.len() as u64);
-                        return Ok(Some((Frame::data(b), st)));
+                        add(&st.session, b.len() as u64);
+                        return Ok(Some((b, st)));
                     }
                     Some(Part::File { file, len, pad }) => {
                         st.current = Some((tokio::fs::File::from_std(file), len, pad));
@@ -217,7 +237,13 @@ impl Archive {
                 }
             }
         });
-        StreamBody::new(s).boxed()
+        s
+    }
+}
+
+fn add(session: &Option<SessionGuard>, n: u64) {
+    if let Some(s) = session {
+        s.add(n);
     }
 }
 

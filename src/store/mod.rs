@@ -8,6 +8,7 @@
 
 pub mod eviction;
 pub mod fill;
+pub mod import;
 pub mod index;
 pub mod layout;
 pub mod manifest;

@@ -37,6 +37,17 @@ pub enum Request {
     FillProgress { names: Vec<String> },
     /// The cache's own CA certificate; `rotate` replaces it with a new one first.
     Ca { rotate: bool },
+    /// A bundle of these models (a tar in Ollama's layout). Answered with [`Response::Export`],
+    /// after which the connection carries exactly `bytes` raw tar bytes and is closed.
+    Export { names: Vec<String> },
+    /// Import a tar in Ollama's layout (a bundle, a `/models/...` tar, or a models directory the
+    /// CLI turns into one). The raw tar follows this frame on the connection until the client
+    /// shuts down its writing half; then the daemon answers [`Response::Imported`] or an error.
+    /// The client sends the bytes (not a path) because the packaged daemon cannot read users'
+    /// files (`ProtectHome=`, `PrivateTmp=`, its own user). `source` names what is sent, for
+    /// messages and the audit log. `local`: the models count as the operator's own (never
+    /// evicted automatically) rather than fetched.
+    Import { source: String, local: bool },
 }
 
 impl Request {
@@ -51,6 +62,8 @@ impl Request {
             Request::Prefetch { .. } => "prefetch",
             Request::FillProgress { .. } => "fill_progress",
             Request::Ca { .. } => "ca",
+            Request::Export { .. } => "export",
+            Request::Import { .. } => "import",
         }
     }
 }
@@ -78,11 +91,38 @@ pub enum Response {
     Status(Status),
     Stats(Stats),
     Reloaded(ReloadReport),
-    Models { models: Vec<ModelInfo> },
+    Models {
+        models: Vec<ModelInfo>,
+    },
     Pruned(PruneReport),
-    Prefetch { fills: Vec<FillProgress> },
+    Prefetch {
+        fills: Vec<FillProgress>,
+    },
     Ca(CaInfo),
+    /// The bundle follows on the connection: `bytes` raw bytes of tar.
+    Export {
+        models: Vec<String>,
+        bytes: u64,
+    },
+    Imported(ImportReport),
     Error(ErrorReply),
+}
+
+/// What `import` did. Nothing is published unless every blob verified and every manifest is
+/// complete, so an error reply means nothing changed.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ImportReport {
+    /// Models whose manifest was written (new, or a tag whose manifest changed).
+    pub models_imported: Vec<String>,
+    /// Models already in the cache with byte-identical manifests.
+    pub models_skipped: Vec<String>,
+    /// Blobs verified and published, and their bytes.
+    pub blobs_imported: u64,
+    pub bytes_imported: u64,
+    /// Blobs already in the cache (not copied).
+    pub blobs_skipped: u64,
+    /// The models count as local (never evicted automatically) rather than fetched.
+    pub local: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -431,6 +471,31 @@ mod tests {
         buf.extend_from_slice(body);
         let err = read_frame::<Request>(&mut buf.as_slice()).unwrap_err();
         assert!(err.to_string().contains("format_disk"), "{err}");
+    }
+
+    #[test]
+    fn bundle_requests_round_trip() {
+        for req in [
+            Request::Export {
+                names: vec!["llama3:8b".into(), "qwen2.5".into()],
+            },
+            Request::Import {
+                source: "/tmp/models.tar".into(),
+                local: true,
+            },
+        ] {
+            let mut buf = Vec::new();
+            write_frame(&mut buf, &req).unwrap();
+            assert_eq!(read_frame::<Request>(&mut buf.as_slice()).unwrap(), req);
+        }
+        assert_eq!(
+            serde_json::to_string(&Request::Import {
+                source: "x".into(),
+                local: false
+            })
+            .unwrap(),
+            r#"{"request":"import","source":"x","local":false}"#
+        );
     }
 
     #[test]
