@@ -160,9 +160,11 @@ fn child_streams_from_the_parents_running_fill_across_namespaces() {
         published(&child, &dg)
     });
     // The blob's rename comes a moment before the counter: wait for the count, not the file.
-    wait_for("the parent counts its fill", Duration::from_secs(20), || {
-        parent.ctl_json(&["stats"])["cache"]["fills_completed"] != 0
-    });
+    wait_for(
+        "the parent counts its fill",
+        Duration::from_secs(20),
+        || parent.ctl_json(&["stats"])["cache"]["fills_completed"] != 0,
+    );
     let j = parent.ctl_json(&["stats"]);
     assert_eq!(j["cache"]["fills_completed"], 1, "{j}");
 }
