@@ -37,6 +37,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use crate::util::upstream::{blob_bytes, digest, try_request, FakeUpstream, Faults, RawResponse};
+use crate::util::wait_for;
 use crate::util::Daemon;
 
 const REG: &str = "registry.ollama.ai";
@@ -125,17 +126,6 @@ fn registry_get(d: &Daemon, path: &str) -> RawResponse {
 /// Finds a blob's direct URL like Ollama (the registry's 200 names its own URL), or the status.
 fn data_plane_path(d: &Daemon, repo: &str, dg: &str) -> Result<String, u16> {
     crate::util::upstream::direct_url(http(d), REG, &format!("/v2/{repo}/blobs/{dg}"))
-}
-
-fn wait_for(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
-    let t = Instant::now();
-    while !f() {
-        assert!(
-            t.elapsed() < timeout,
-            "timed out after {timeout:?} waiting for {what}"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
 }
 
 fn blob_file(cache: &Path, dg: &str) -> PathBuf {

@@ -16,6 +16,7 @@
 //! - prefetch refuses bad names and registries that are not configured, with a clear message
 //!   (prefetch through the fill engine is in `wiring`).
 
+use crate::util::wait_for;
 use crate::util::Daemon;
 use lancached::store::index::{now_secs, Entry};
 use lancached::store::{Digest, Index, Layout, ModelRef};
@@ -109,17 +110,6 @@ pub(crate) fn tmpdir() -> tempfile::TempDir {
         .prefix("lancached-test")
         .tempdir()
         .unwrap()
-}
-
-pub(crate) fn wait_for(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
-    let deadline = Instant::now() + timeout;
-    while Instant::now() < deadline {
-        if f() {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    panic!("timed out waiting for {what}");
 }
 
 pub(crate) fn model_names(d: &Daemon) -> Vec<String> {

@@ -22,17 +22,10 @@ use crate::util::netns::{self, NetNs};
 use crate::util::strict_http::Net;
 use crate::util::strict_ollama::StrictOllama;
 use crate::util::upstream::{blob_bytes, digest, raw_get, FakeUpstream, Faults};
+use crate::util::wait_for;
 use crate::util::Daemon;
 
 const REG: &str = "registry.ollama.ai";
-
-fn wait_for(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
-    let t = Instant::now();
-    while !f() {
-        assert!(t.elapsed() < timeout, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
 
 fn published(d: &Daemon, dg: &str) -> bool {
     d.cache_dir

@@ -18,11 +18,12 @@
 //! - Stats in `lancachectl stats --json` and `/cache/stats`, including fills in progress.
 
 use std::net::SocketAddr;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use crate::util::upstream::{
     blob_bytes, digest, direct_url, raw_get, raw_request, FakeUpstream, Faults,
 };
+use crate::util::wait_for;
 use crate::util::Daemon;
 
 const REG: &str = "registry.ollama.ai";
@@ -51,14 +52,6 @@ fn data_plane_path(d: &Daemon, repo: &str, dg: &str) -> String {
     let loc = direct_url(http(d), REG, &path).expect("200 with a Location");
     assert_eq!(loc, path, "the direct URL is the request's own");
     loc
-}
-
-fn wait_for(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
-    let t = Instant::now();
-    while !f() {
-        assert!(t.elapsed() < timeout, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
 }
 
 fn blob_file(d: &Daemon, dg: &str) -> std::path::PathBuf {

@@ -37,6 +37,7 @@ use crate::util::netns::NetNs;
 use crate::util::ollama::Ollama;
 use crate::util::tls_upstream::{dns_responder, TlsFront};
 use crate::util::upstream::FakeUpstream;
+use crate::util::wait_for;
 use crate::util::{require_program, Daemon};
 use std::io::{Read, Write};
 use std::os::unix::fs::PermissionsExt;
@@ -149,17 +150,6 @@ fn http_get(d: &Daemon, path: &str) -> (u16, String, String) {
         .and_then(|s| s.parse().ok())
         .unwrap_or(0);
     (status, head.to_string(), body.to_string())
-}
-
-fn wait_for(what: &str, mut f: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while Instant::now() < deadline {
-        if f() {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    panic!("timed out waiting for {what}");
 }
 
 fn mode(p: &Path) -> u32 {
@@ -331,7 +321,7 @@ fn reload_adds_names_and_constraints_follow_rotation() {
     );
     d.write_config("[dns]\nintercept = [\"models.example\"]\n");
     assert_eq!(d.ctl_json(&["reload"])["response"], "reloaded");
-    wait_for("a leaf for models.example", || {
+    wait_for("a leaf for models.example", Duration::from_secs(10), || {
         s_client(&d, "models.example").0
     });
     assert!(leaf_text(&d, "models.example").contains("DNS:models.example"));
@@ -366,7 +356,7 @@ fn unconstrained_ca_covers_names_added_later() {
     assert!(!ca.contains("Name Constraints"), "{ca}");
     d.write_config("[dns]\nintercept = [\"models.example\"]\n");
     d.ctl_json(&["reload"]);
-    wait_for("a leaf for models.example", || {
+    wait_for("a leaf for models.example", Duration::from_secs(10), || {
         s_client(&d, "models.example").0
     });
     let ok = curl_https(&d, "models.example", Some(&ca_path(&d)), &["--http2"]);
@@ -708,7 +698,7 @@ fn sigterm_with_open_tls_connection_exits_cleanly() {
         .stderr(std::process::Stdio::null())
         .spawn()
         .unwrap();
-    wait_for("the handshake", || {
+    wait_for("the handshake", Duration::from_secs(10), || {
         d.ctl_json(&["stats"])["tls"]["handshakes"].as_u64() == Some(1)
     });
     let start = Instant::now();

@@ -15,9 +15,10 @@ use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
-use crate::lifecycle_cache::{model, tmpdir, wait_for};
+use crate::lifecycle_cache::{model, tmpdir};
 use crate::util::daemon::Activate;
 use crate::util::upstream::{blob_bytes, digest, raw_get, FakeUpstream, Faults};
+use crate::util::wait_for;
 use crate::util::Daemon;
 
 const REG: &str = "registry.ollama.ai";

@@ -74,3 +74,15 @@ pub fn require_ollama() -> bool {
     }
     panic!("the real Ollama client is not installed: run scripts/test-deps.sh");
 }
+
+/// Polls `f` until it holds; panics naming `what` (and how long it waited) at `timeout`.
+pub fn wait_for(what: &str, timeout: std::time::Duration, mut f: impl FnMut() -> bool) {
+    let t = std::time::Instant::now();
+    while !f() {
+        assert!(
+            t.elapsed() < timeout,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
