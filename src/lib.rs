@@ -11,6 +11,7 @@ pub mod daemon;
 pub mod distribution;
 pub mod dns;
 pub mod http;
+pub mod hub;
 pub mod listeners;
 pub mod logging;
 pub mod notify;

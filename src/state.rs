@@ -45,6 +45,8 @@ pub struct State {
     pub tls: crate::tls::TlsState,
     /// The caching registry proxy: upstream client, fills in flight, cache counters.
     pub proxy: crate::proxy::Proxy,
+    /// The Hugging Face Hub front: hub cache, metadata, accepted tokens.
+    pub hub: crate::hub::Hub,
     /// The DNS interceptor's counters (kept here so they survive a subsystem restart).
     pub dns_stats: Arc<crate::dns::stats::Stats>,
 }
@@ -57,6 +59,7 @@ impl State {
         let (config_tx, _) = watch::channel(config.clone());
         let pins = Pins::default();
         let proxy = crate::proxy::Proxy::new(layout.clone(), pins.clone(), &config);
+        let hub = crate::hub::Hub::new(&config);
         Arc::new(State {
             config: ArcSwap::new(config),
             config_tx,
@@ -74,6 +77,7 @@ impl State {
             tls: Default::default(),
             pins,
             proxy,
+            hub,
             dns_stats: Arc::default(),
         })
     }

@@ -15,6 +15,7 @@ mod harness;
 mod hf_upstream_selftest;
 mod hfco;
 mod hostile;
+mod hub;
 mod lifecycle;
 mod lifecycle_cache;
 mod metrics;

@@ -36,6 +36,7 @@ pub struct Config {
     pub tls: TlsConfig,
     pub control: ControlConfig,
     pub log: LogConfig,
+    pub huggingface: HuggingfaceConfig,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -80,6 +81,45 @@ impl CacheConfig {
     /// blob is published by an atomic rename).
     pub fn state_dir(&self) -> PathBuf {
         self.dir.join(".lancached")
+    }
+}
+
+/// `[huggingface]`: the Hugging Face Hub through the cache (`HF_ENDPOINT=http://CACHE/hf`, or
+/// transparently for `huggingface.co`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HuggingfaceConfig {
+    /// The Hub's base URL, fetched from (tests point it at a stand-in).
+    pub upstream: BaseUrl,
+    pub enabled: bool,
+    /// The hub cache (`huggingface_hub`'s layout); empty means `<cache.dir>/huggingface`.
+    pub dir: PathBuf,
+    /// A branch or tag's commit is revalidated with upstream after this long.
+    pub revision_ttl: HumanDuration,
+    /// A token upstream accepted for a gated or private repo is trusted for this long.
+    pub auth_ttl: HumanDuration,
+}
+
+impl Default for HuggingfaceConfig {
+    fn default() -> Self {
+        HuggingfaceConfig {
+            upstream: BaseUrl("https://huggingface.co".into()),
+            enabled: true,
+            dir: PathBuf::new(),
+            revision_ttl: HumanDuration::secs(600),
+            auth_ttl: HumanDuration::secs(300),
+        }
+    }
+}
+
+impl HuggingfaceConfig {
+    /// The hub cache directory in force.
+    pub fn dir(&self, cache: &CacheConfig) -> PathBuf {
+        if self.dir.as_os_str().is_empty() {
+            cache.dir.join("huggingface")
+        } else {
+            self.dir.clone()
+        }
     }
 }
 

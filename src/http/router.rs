@@ -52,6 +52,10 @@ async fn dispatch(req: Request<Incoming>, peer: Peer, state: &Arc<State>) -> Res
 
 async fn dispatch_inner(req: Request<Incoming>, peer: Peer, state: &Arc<State>) -> Response<Body> {
     use crate::distribution::{api, models, scripts, webui};
+    // The Hub (`/hf/...`, or `Host: huggingface.co`) before the cache's own `/api/models`.
+    if let Some(prefix) = crate::hub::matches(&state.config(), &req) {
+        return crate::hub::handle(req, prefix, peer, state).await;
+    }
     let path = req.uri().path();
     if !crate::proxy::relay::stays_with_cache(path) {
         if let Some(base) = crate::proxy::relay::target(&state.config(), &req) {

@@ -264,7 +264,7 @@ pub async fn warm(state: &Arc<State>, digest: &Digest) -> Result<(), FillStartEr
 }
 
 /// Opens a published blob without following a symlink planted in `blobs/`.
-fn open_published(path: &std::path::Path) -> std::io::Result<std::fs::File> {
+pub fn open_published(path: &std::path::Path) -> std::io::Result<std::fs::File> {
     use std::os::unix::fs::OpenOptionsExt;
     let f = std::fs::OpenOptions::new()
         .read(true)
@@ -427,6 +427,30 @@ fn respond(
         }
     }
     r
+}
+
+/// Bytes `start..end` of a blob being filled, streamed as they land (other fronts, like the
+/// Hub's `resolve`, serve fills with this).
+pub fn fill_body(
+    fill: &Arc<crate::store::fill::Fill>,
+    start: u64,
+    end: u64,
+    pin: Pin,
+    session: SessionGuard,
+) -> Body {
+    file_body(Source::Fill(fill.waiter(start)), start, end, pin, session)
+}
+
+/// Bytes `start..end` of a complete file of `size` bytes (zero-copy when it maps).
+pub fn whole_file_body(
+    file: std::fs::File,
+    size: u64,
+    start: u64,
+    end: u64,
+    pin: Pin,
+    session: SessionGuard,
+) -> Body {
+    published_body(file, size, start, end, pin, session)
 }
 
 /// A published blob's body: mapped (zero-copy into hyper), or read with pread if mapping fails.

@@ -85,7 +85,7 @@ async fn get_range(
 }
 
 /// Parses `bytes a-b/total`.
-fn content_range(v: &str) -> Option<(u64, u64, Option<u64>)> {
+pub fn content_range(v: &str) -> Option<(u64, u64, Option<u64>)> {
     let rest = v.trim().strip_prefix("bytes ")?;
     let (range, total) = rest.split_once('/')?;
     let (a, b) = range.split_once('-')?;
@@ -114,62 +114,74 @@ impl Fetcher for RegistryFetcher {
                 &format!("bytes={start}-{end}"),
             )
             .await?;
-            match resp.status() {
-                StatusCode::PARTIAL_CONTENT => {
-                    let cr = resp
-                        .headers()
-                        .get(header::CONTENT_RANGE)
-                        .and_then(|v| v.to_str().ok())
-                        .and_then(content_range);
-                    match cr {
-                        Some((a, b, total))
-                            if a == start && b == end && total.is_none_or(|t| t == size) => {}
-                        _ => {
-                            return Err(FetchError::new(
-                                "upstream_range",
-                                format!(
-                                    "asked for bytes {start}-{end}/{size}, upstream answered {:?}",
-                                    resp.headers().get(header::CONTENT_RANGE)
-                                ),
-                            ))
-                        }
-                    }
-                }
-                // A server that ignores Range is usable only when the whole blob was asked for.
-                StatusCode::OK if start == 0 && end + 1 == size => {}
-                StatusCode::OK => {
+            ranged_body(resp, start, end, size, &digest.to_string())
+        }))
+    }
+}
+
+/// Checks a ranged answer for bytes `start..=end` of a `size`-byte blob (`what` names it in
+/// errors) and turns its body into the fill's byte stream. Shared with the Hub's fetcher.
+pub fn ranged_body(
+    resp: http::Response<hyper::body::Incoming>,
+    start: u64,
+    end: u64,
+    size: u64,
+    what: &str,
+) -> Result<ByteStream, FetchError> {
+    match resp.status() {
+        StatusCode::PARTIAL_CONTENT => {
+            let cr = resp
+                .headers()
+                .get(header::CONTENT_RANGE)
+                .and_then(|v| v.to_str().ok())
+                .and_then(content_range);
+            match cr {
+                Some((a, b, total))
+                    if a == start && b == end && total.is_none_or(|t| t == size) => {}
+                _ => {
                     return Err(FetchError::new(
                         "upstream_range",
-                        "upstream ignored the Range header",
-                    ))
-                }
-                StatusCode::NOT_FOUND => {
-                    return Err(FetchError::new(
-                        "upstream_not_found",
-                        format!("{digest} not found upstream"),
-                    ))
-                }
-                s => {
-                    return Err(FetchError::new(
-                        "upstream_status",
-                        format!("upstream answered {s}"),
+                        format!(
+                            "asked for bytes {start}-{end}/{size}, upstream answered {:?}",
+                            resp.headers().get(header::CONTENT_RANGE)
+                        ),
                     ))
                 }
             }
-            let stream = resp.into_body().into_data_stream().map(|r| {
-                r.map_err(|e| {
-                    // A connection closed before Content-Length: a truncated answer.
-                    let kind = if is_truncation(&e) {
-                        "truncated"
-                    } else {
-                        "upstream_body"
-                    };
-                    FetchError::new(kind, error_chain(&e))
-                })
-            });
-            Ok(stream.boxed())
-        }))
+        }
+        // A server that ignores Range is usable only when the whole blob was asked for.
+        StatusCode::OK if start == 0 && end + 1 == size => {}
+        StatusCode::OK => {
+            return Err(FetchError::new(
+                "upstream_range",
+                "upstream ignored the Range header",
+            ))
+        }
+        StatusCode::NOT_FOUND => {
+            return Err(FetchError::new(
+                "upstream_not_found",
+                format!("{what} not found upstream"),
+            ))
+        }
+        s => {
+            return Err(FetchError::new(
+                "upstream_status",
+                format!("upstream answered {s}"),
+            ))
+        }
     }
+    let stream = resp.into_body().into_data_stream().map(|r| {
+        r.map_err(|e| {
+            // A connection closed before Content-Length: a truncated answer.
+            let kind = if is_truncation(&e) {
+                "truncated"
+            } else {
+                "upstream_body"
+            };
+            FetchError::new(kind, error_chain(&e))
+        })
+    });
+    Ok(stream.boxed())
 }
 
 /// Whether a body error means the connection ended before the promised length.

@@ -188,7 +188,6 @@ pub async fn join_fill(
         state.proxy.counters.failure("no_space");
         return Err(FillStartError::NoSpace(e));
     }
-    let cfg = state.config();
     let fetcher = fetch::RegistryFetcher::new(
         state.clone(),
         &origin.registry,
@@ -196,10 +195,31 @@ pub async fn join_fill(
         digest,
         size,
     );
+    join_fill_with(state, digest, size, need, origin, Arc::new(fetcher)).await
+}
+
+/// [`join_fill`] with the fetcher given: fronts whose blobs do not come from a registry (the
+/// Hugging Face Hub) bring their own, and still get the space check.
+pub async fn join_fill_with(
+    state: &Arc<State>,
+    digest: &Digest,
+    size: u64,
+    need: u64,
+    origin: Origin,
+    fetcher: Arc<dyn crate::store::fill::Fetcher>,
+) -> Result<Joined, FillStartError> {
+    if let Some(j) = state.proxy.fills.existing(digest) {
+        return Ok(j);
+    }
+    if let Err(e) = ensure_space(state, need).await {
+        state.proxy.counters.failure("no_space");
+        return Err(FillStartError::NoSpace(e));
+    }
+    let cfg = state.config();
     state
         .proxy
         .fills
-        .join(digest, size, origin, fill_params(&cfg), Arc::new(fetcher))
+        .join(digest, size, origin, fill_params(&cfg), fetcher)
         .map_err(FillStartError::Io)
 }
 
@@ -218,6 +238,10 @@ pub async fn resume_leftovers(state: Arc<State>) {
         let Ok(digest) = Digest::parse(&m.digest) else {
             continue;
         };
+        if m.registry == crate::hub::ORIGIN {
+            crate::hub::resume(&state, &digest, &m.repository, m.size).await;
+            continue;
+        }
         if base_url(&cfg, &m.registry).is_none() {
             tracing::warn!(%digest, registry = %m.registry, "not resuming fill: registry no longer configured");
             continue;

@@ -277,7 +277,7 @@ impl Upstream {
 }
 
 /// Resolves `loc` (absolute, or absolute-path) against `base`.
-fn join_url(base: &Uri, loc: &str) -> Result<Uri> {
+pub fn join_url(base: &Uri, loc: &str) -> Result<Uri> {
     if loc.starts_with("http://") || loc.starts_with("https://") {
         return loc.parse().with_context(|| format!("bad Location {loc:?}"));
     }

@@ -1,0 +1,120 @@
+//! How a Hub LFS fill gets its bytes: `GET <upstream>/[datasets/]{repo}/resolve/{commit}/{path}`
+//! with the exact `Range` and the client's token, then the Hub's 302 to its CDN followed
+//! cache-side without the token (a presigned URL carries its own authority, and a token must
+//! not reach another host). The redirect is taken anew for every slice: presigned URLs expire.
+//! The answer is checked as a registry's is ([`crate::proxy::fetch::ranged_body`]); the fill
+//! engine checks the sha256 (the linked ETag) before anything is published.
+
+use futures_util::future::BoxFuture;
+use http::{header, HeaderMap, HeaderValue, Method, Uri};
+use std::sync::Arc;
+
+use super::repo::{encode_path, is_commit, valid_path, Kind, RepoId};
+use crate::state::State;
+use crate::store::fill::{ByteStream, FetchError, Fetcher};
+
+pub struct HubFetcher {
+    state: Arc<State>,
+    /// The path (and query) below the upstream base URL.
+    rest: String,
+    auth: Option<HeaderValue>,
+    size: u64,
+    what: String,
+    hops: Arc<str>,
+}
+
+/// The slice map's origin for a Hub file: `{models,datasets}/{repo}@{commit}/{path}`.
+pub fn origin(repo: &RepoId, commit: &str, path: &str) -> String {
+    format!("{}@{commit}/{path}", repo.key())
+}
+
+impl HubFetcher {
+    pub fn new(
+        state: Arc<State>,
+        repo: &RepoId,
+        commit: &str,
+        path: &str,
+        auth: Option<HeaderValue>,
+        size: u64,
+    ) -> HubFetcher {
+        HubFetcher {
+            state,
+            rest: format!(
+                "/{}{}/resolve/{commit}/{}",
+                repo.kind.url_prefix(),
+                repo.id,
+                encode_path(path)
+            ),
+            auth,
+            size,
+            what: format!("{}/{path}@{commit}", repo.key()),
+            hops: crate::proxy::upstream::current_hops(),
+        }
+    }
+
+    /// Rebuilds a fetcher from a slice map's origin (a resumed fill has no token).
+    pub fn from_origin(state: Arc<State>, origin: &str, size: u64) -> Option<HubFetcher> {
+        let (repo, rest) = origin.split_once('@')?;
+        let (commit, path) = rest.split_once('/')?;
+        let (kind, id) = repo.split_once('/')?;
+        let kind = match kind {
+            "models" => Kind::Model,
+            "datasets" => Kind::Dataset,
+            _ => return None,
+        };
+        let repo = RepoId::new(kind, id).ok()?;
+        if !is_commit(commit) || !valid_path(path) {
+            return None;
+        }
+        Some(HubFetcher::new(state, &repo, commit, path, None, size))
+    }
+}
+
+impl Fetcher for HubFetcher {
+    fn fetch(&self, start: u64, end: u64) -> BoxFuture<'static, Result<ByteStream, FetchError>> {
+        let state = self.state.clone();
+        let rest = self.rest.clone();
+        let auth = self.auth.clone();
+        let (size, what) = (self.size, self.what.clone());
+        let hops = self.hops.clone();
+        Box::pin(crate::proxy::upstream::HOPS.scope(hops, async move {
+            let cfg = state.config();
+            let url: Uri = format!("{}{rest}", cfg.huggingface.upstream.as_str())
+                .parse()
+                .map_err(|e| FetchError::new("config", format!("bad Hub URL: {e}")))?;
+            let mut h = HeaderMap::new();
+            h.insert(
+                header::RANGE,
+                HeaderValue::from_str(&format!("bytes={start}-{end}")).expect("ascii"),
+            );
+            let mut with_auth = h.clone();
+            if let Some(a) = auth {
+                with_auth.insert(header::AUTHORIZATION, a);
+            }
+            let up = &state.proxy.upstream;
+            let unreachable =
+                |e: anyhow::Error| FetchError::new("upstream_unreachable", format!("{e:#}"));
+            let resp = up
+                .send(&cfg, Method::GET, url.clone(), &with_auth, false)
+                .await
+                .map_err(unreachable)?;
+            let resp = if resp.status().is_redirection() {
+                let loc = resp
+                    .headers()
+                    .get(header::LOCATION)
+                    .and_then(|v| v.to_str().ok())
+                    .ok_or_else(|| {
+                        FetchError::new("upstream_status", "redirect without Location")
+                    })?;
+                let next = crate::proxy::upstream::join_url(&url, loc)
+                    .map_err(|e| FetchError::new("upstream_status", format!("{e:#}")))?;
+                up.send(&cfg, Method::GET, next, &h, true)
+                    .await
+                    .map_err(unreachable)?
+            } else {
+                resp
+            };
+            crate::proxy::fetch::ranged_body(resp, start, end, size, &what)
+        }))
+    }
+}

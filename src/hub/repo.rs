@@ -1,0 +1,144 @@
+//! Names on the Hub, checked before any of them reaches a path on disk or a URL upstream: a
+//! repository (`models` or `datasets`, `org/name` or a legacy `name`), a revision (a branch,
+//! tag, `refs/pr/N` or a commit) and a file path inside a repository. Anything that could
+//! climb out of its folder (`..`, empty or `.` segments, NUL, a backslash) is refused here.
+
+use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Kind {
+    Model,
+    Dataset,
+}
+
+impl Kind {
+    /// The `/api/{models,datasets}` segment, also the hub cache's folder prefix.
+    pub fn plural(self) -> &'static str {
+        match self {
+            Kind::Model => "models",
+            Kind::Dataset => "datasets",
+        }
+    }
+    /// What precedes a repository in a `resolve` URL.
+    pub fn url_prefix(self) -> &'static str {
+        match self {
+            Kind::Model => "",
+            Kind::Dataset => "datasets/",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct RepoId {
+    pub kind: Kind,
+    /// `org/name` or `name`.
+    pub id: String,
+}
+
+impl RepoId {
+    pub fn new(kind: Kind, id: &str) -> Result<RepoId, String> {
+        let segs: Vec<&str> = id.split('/').collect();
+        if segs.is_empty() || segs.len() > 2 || !segs.iter().all(|s| valid_name(s)) {
+            return Err(format!("invalid repository name {id:?}"));
+        }
+        Ok(RepoId {
+            kind,
+            id: id.to_string(),
+        })
+    }
+
+    /// `models--org--name`: the hub cache's folder for it.
+    pub fn folder(&self) -> String {
+        format!("{}--{}", self.kind.plural(), self.id.replace('/', "--"))
+    }
+
+    /// `models/org/name`: how logs, origins and the access cache name it.
+    pub fn key(&self) -> String {
+        format!("{}/{}", self.kind.plural(), self.id)
+    }
+}
+
+/// A repository name segment as the Hub allows them: letters, digits, `-`, `_`, `.`, not
+/// starting with `.` or `-` (so never `.` or `..`), at most 96 bytes.
+fn valid_name(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 96
+        && !s.starts_with(['.', '-'])
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+}
+
+/// A revision: `main`, `v1.0`, `refs/pr/1`, or a commit. Also a path under `refs/`.
+pub fn valid_revision(rev: &str) -> bool {
+    !rev.is_empty() && rev.len() <= 256 && valid_path(rev)
+}
+
+/// A file path inside a repository: relative, no empty, `.` or `..` segment, no NUL or `\`.
+pub fn valid_path(p: &str) -> bool {
+    !p.is_empty()
+        && !p.contains(['\0', '\\'])
+        && p.split('/').all(|s| !s.is_empty() && s != "." && s != "..")
+}
+
+/// A 40-hex commit id (immutable: what it names never changes).
+pub fn is_commit(rev: &str) -> bool {
+    rev.len() == 40
+        && rev
+            .bytes()
+            .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
+}
+
+/// Percent-decodes one URL segment (or a path) into UTF-8.
+pub fn decode(s: &str) -> Result<String, String> {
+    percent_encoding::percent_decode_str(s)
+        .decode_utf8()
+        .map(|c| c.into_owned())
+        .map_err(|_| format!("{s:?} is not UTF-8 once decoded"))
+}
+
+/// What `huggingface_hub` escapes in a file path (everything but unreserved and `/`).
+const PATH: &AsciiSet = &NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'_')
+    .remove(b'.')
+    .remove(b'~')
+    .remove(b'/');
+
+/// [`PATH`] with `/` escaped as well.
+const SEGMENT: &AsciiSet = &PATH.add(b'/');
+
+/// A file path for an upstream URL.
+pub fn encode_path(p: &str) -> String {
+    utf8_percent_encode(p, PATH).to_string()
+}
+
+/// A revision for an upstream URL: `/` is escaped too (`refs%2Fpr%2F1`).
+pub fn encode_segment(s: &str) -> String {
+    utf8_percent_encode(s, SEGMENT).to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_that_could_escape_are_refused() {
+        assert!(RepoId::new(Kind::Model, "org/name-1.5_b").is_ok());
+        assert!(RepoId::new(Kind::Model, "gpt2").is_ok());
+        for bad in ["", "a/b/c", "../x", "a/..", "a/.x", "a//b", "a/b c", "a/-b"] {
+            assert!(RepoId::new(Kind::Model, bad).is_err(), "{bad}");
+        }
+        assert_eq!(
+            RepoId::new(Kind::Dataset, "o/n").unwrap().folder(),
+            "datasets--o--n"
+        );
+        assert!(valid_path("a/b.txt") && valid_path("spaced name.bin"));
+        for bad in ["", "/a", "a/", "a/../b", "./a", "a\\b", "a\0"] {
+            assert!(!valid_path(bad), "{bad:?}");
+        }
+        assert!(is_commit(&"a".repeat(40)) && !is_commit(&"A".repeat(40)));
+        assert_eq!(encode_segment("refs/pr/1"), "refs%2Fpr%2F1");
+        assert_eq!(encode_path("d/a b.txt"), "d/a%20b.txt");
+        assert_eq!(decode("refs%2Fpr%2F1").unwrap(), "refs/pr/1");
+    }
+}
