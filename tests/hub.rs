@@ -19,8 +19,9 @@
 //!   the snapshot, and an existing hub cache (made by the client itself) is served as is.
 
 use crate::util::hf_client as hc;
-use crate::util::hf_upstream::{sha256_hex, Access, HfUpstream, Kind};
+use crate::util::hf_upstream::{sha256_hex, Access, HfFaults, HfUpstream, Kind};
 use crate::util::models::noise;
+use crate::util::upstream::raw_get;
 use crate::util::Daemon;
 use serde_json::json;
 
@@ -127,4 +128,261 @@ fn snapshot_and_download_through_the_cache_then_with_upstream_stopped() {
     );
     hc::ok(&r);
     expect_files(&r, &dfiles);
+}
+
+#[test]
+fn sixteen_concurrent_cold_snapshots_cost_upstream_the_repo_once() {
+    if !hc::require() {
+        return;
+    }
+    let up = HfUpstream::start();
+    let files = files();
+    add(&up, Kind::Model, "org/model", Access::Public, &files);
+    let d = cache(&up, "");
+    let endpoint = d.http_url("/hf");
+    let runs: Vec<_> = (0..16)
+        .map(|i| {
+            let endpoint = endpoint.clone();
+            std::thread::spawn(move || {
+                let dir = tempfile::tempdir().unwrap();
+                let env = hc::env(&endpoint, dir.path(), i % 2 == 0);
+                hc::run(&json!({"op": "snapshot", "repo": "org/model"}), &env)
+            })
+        })
+        .collect();
+    for r in runs {
+        let r = r.join().unwrap();
+        hc::ok(&r);
+        expect_files(&r, &files);
+    }
+    assert_eq!(up.bytes(), total(&files), "upstream bytes, 1.00x the repo");
+}
+
+#[test]
+fn a_file_corrupted_upstream_is_never_published() {
+    if !hc::require() {
+        return;
+    }
+    let up = HfUpstream::start();
+    let files = files();
+    let commit = add(&up, Kind::Model, "org/model", Access::Public, &files);
+    let d = cache(&up, "");
+    let endpoint = d.http_url("/hf");
+    let hub = d.path("cache/huggingface/models--org--model");
+    for (name, at) in [("model.safetensors", 2_500_000), ("config.json", 3)] {
+        up.set_file_faults(
+            name,
+            Some(HfFaults {
+                corrupt_at: Some(at),
+                ..Default::default()
+            }),
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let env = hc::env(&endpoint, dir.path(), false);
+        let r = hc::run(
+            &json!({"op": "download", "repo": "org/model", "filename": name}),
+            &env,
+        );
+        assert_eq!(
+            r["ok"], false,
+            "{name}: a corrupted file reached the client: {r:#}"
+        );
+        assert!(
+            !hub.join("snapshots").join(&commit).join(name).exists(),
+            "{name} was published"
+        );
+        let (_, b) = files.iter().find(|(p, _)| p == name).unwrap();
+        assert!(!d
+            .path(&format!("cache/blobs/sha256-{}", sha256_hex(b)))
+            .exists());
+        // Upstream heals: the next request fetches and publishes the good bytes.
+        up.set_file_faults(name, None);
+        let r = hc::run(
+            &json!({"op": "download", "repo": "org/model", "filename": name}),
+            &env,
+        );
+        hc::ok(&r);
+        assert_eq!(r["files"][name], sha256_hex(b));
+    }
+}
+
+#[test]
+fn gated_and_private_files_go_only_to_tokens_upstream_accepted() {
+    if !hc::require() {
+        return;
+    }
+    let up = HfUpstream::start();
+    let files = files();
+    add(
+        &up,
+        Kind::Model,
+        "org/gated",
+        Access::Gated(vec!["hf_good".into()]),
+        &files,
+    );
+    add(
+        &up,
+        Kind::Model,
+        "org/private",
+        Access::Private(vec!["hf_good".into()]),
+        &files,
+    );
+    let d = cache(&up, "auth_ttl = \"1h\"\n");
+    let endpoint = d.http_url("/hf");
+    let addr = d.http.unwrap();
+    for repo in ["org/gated", "org/private"] {
+        let dir = tempfile::tempdir().unwrap();
+        let env = hc::env(&endpoint, dir.path(), true);
+        let r = hc::run(
+            &json!({"op": "snapshot", "repo": repo, "token": "hf_good"}),
+            &env,
+        );
+        hc::ok(&r);
+        expect_files(&r, &files);
+        // Cached now; still not for anyone else.
+        let path = format!("/hf/{repo}/resolve/main/config.json");
+        let no = raw_get(addr, "cache", &path, &[]);
+        assert_eq!(no.status, 401, "{repo} without a token");
+        assert_ne!(no.body, files[0].1);
+        let bad = raw_get(addr, "cache", &path, &[("Authorization", "Bearer hf_bad")]);
+        let want = if repo == "org/gated" { 403 } else { 401 };
+        assert_eq!(bad.status, want, "{repo} with a token not granted");
+        assert_ne!(bad.body, files[0].1);
+        let r = hc::run(
+            &json!({"op": "info", "repo": repo, "token": "hf_bad"}),
+            &env,
+        );
+        assert_eq!(r["ok"], false, "{r:#}");
+    }
+    // Upstream down: the accepted token is still served, others are told why.
+    let before = up.bytes();
+    drop(up);
+    let dir = tempfile::tempdir().unwrap();
+    let env = hc::env(&endpoint, dir.path(), true);
+    let r = hc::run(
+        &json!({"op": "snapshot", "repo": "org/gated", "token": "hf_good"}),
+        &env,
+    );
+    hc::ok(&r);
+    expect_files(&r, &files);
+    // The second repo's LFS files are the same sha256s: stored and fetched once.
+    let small: u64 = files
+        .iter()
+        .map(|(_, b)| b.len() as u64)
+        .filter(|&n| n < 64 * 1024)
+        .sum();
+    assert_eq!(before, total(&files) + small);
+    let other = raw_get(
+        addr,
+        "cache",
+        "/hf/org/gated/resolve/main/config.json",
+        &[("Authorization", "Bearer hf_other")],
+    );
+    assert_eq!(other.status, 503);
+    let why = String::from_utf8_lossy(&other.body);
+    assert!(
+        why.contains("auth_ttl") && why.contains("gated or private"),
+        "{why}"
+    );
+    let none = raw_get(
+        addr,
+        "cache",
+        "/hf/org/private/resolve/main/config.json",
+        &[],
+    );
+    assert_eq!(none.status, 503);
+}
+
+#[test]
+fn a_moved_branch_is_seen_after_revision_ttl_and_pr_refs_resolve() {
+    if !hc::require() {
+        return;
+    }
+    let up = HfUpstream::start();
+    let v1 = vec![("config.json".to_string(), b"{\"v\": 1}".to_vec())];
+    let c1 = add(&up, Kind::Model, "org/model", Access::Public, &v1);
+    let d = cache(&up, "revision_ttl = \"1s\"\n");
+    let endpoint = d.http_url("/hf");
+    let dir = tempfile::tempdir().unwrap();
+    let env = hc::env(&endpoint, dir.path(), false);
+    let r = hc::run(&json!({"op": "snapshot", "repo": "org/model"}), &env);
+    assert_eq!(hc::ok(&r)["commit"], c1.as_str());
+    let v2 = vec![("config.json".to_string(), b"{\"v\": 2}".to_vec())];
+    let refs: Vec<(&str, Vec<u8>)> = v2.iter().map(|(p, b)| (p.as_str(), b.clone())).collect();
+    let c2 = up.commit(Kind::Model, "org/model", &refs);
+    up.set_ref(Kind::Model, "org/model", "refs/pr/1", &c1);
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    let r = hc::run(&json!({"op": "snapshot", "repo": "org/model"}), &env);
+    assert_eq!(hc::ok(&r)["commit"], c2.as_str());
+    expect_files(&r, &v2);
+    let r = hc::run(
+        &json!({"op": "info", "repo": "org/model", "revision": "refs/pr/1"}),
+        &env,
+    );
+    assert_eq!(hc::ok(&r)["commit"], c1.as_str());
+    // Upstream down: the last answer stands, however old.
+    drop(up);
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    let dir = tempfile::tempdir().unwrap();
+    let env = hc::env(&endpoint, dir.path(), false);
+    let r = hc::run(&json!({"op": "snapshot", "repo": "org/model"}), &env);
+    assert_eq!(hc::ok(&r)["commit"], c2.as_str());
+}
+
+#[test]
+fn the_cache_dir_is_a_hub_cache_both_ways() {
+    if !hc::require() {
+        return;
+    }
+    let up = HfUpstream::start();
+    let files = files();
+    let commit = add(&up, Kind::Model, "org/model", Access::Public, &files);
+    let d = cache(&up, "");
+    let r = hc::run(
+        &json!({"op": "snapshot", "repo": "org/model"}),
+        &hc::env(
+            &d.http_url("/hf"),
+            tempfile::tempdir().unwrap().path(),
+            false,
+        ),
+    );
+    hc::ok(&r);
+    // The cache's own hub cache, loaded by the client offline.
+    let mut env = hc::env("http://127.0.0.1:9", &d.path("cache/huggingface"), false);
+    env.push(("HF_HUB_OFFLINE", "1".into()));
+    let r = hc::run(&json!({"op": "snapshot", "repo": "org/model"}), &env);
+    assert_eq!(hc::ok(&r)["commit"], commit.as_str());
+    expect_files(&r, &files);
+    // LFS blobs are stored once: the hub cache's blob is the Ollama half's file.
+    use std::os::unix::fs::MetadataExt;
+    let sha = sha256_hex(&files[2].1);
+    let a = std::fs::metadata(d.path(&format!("cache/blobs/sha256-{sha}"))).unwrap();
+    let b = std::fs::metadata(d.path(&format!("cache/huggingface/models--org--model/blobs/{sha}")))
+        .unwrap();
+    assert_eq!((a.ino(), a.dev()), (b.ino(), b.dev()));
+    assert_eq!(a.nlink(), 2);
+
+    // A hub cache the client made itself, straight from upstream, served as it is.
+    let own = tempfile::tempdir().unwrap();
+    let r = hc::run(
+        &json!({"op": "snapshot", "repo": "org/model"}),
+        &hc::env(&up.url(), own.path(), false),
+    );
+    hc::ok(&r);
+    let d2 = cache(
+        &up,
+        &format!("dir = {:?}\n", own.path().display().to_string()),
+    );
+    up.reset_counters();
+    let r = hc::run(
+        &json!({"op": "snapshot", "repo": "org/model"}),
+        &hc::env(
+            &d2.http_url("/hf"),
+            tempfile::tempdir().unwrap().path(),
+            false,
+        ),
+    );
+    hc::ok(&r);
+    expect_files(&r, &files);
+    assert_eq!(up.bytes(), 0, "every file came from the existing hub cache");
 }
