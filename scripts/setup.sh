@@ -220,6 +220,23 @@ macos_store() {
 	fi
 }
 
+# Python clients (huggingface_hub, transformers, pip) trust certifi's bundle, not the system
+# store: point them at the system bundle (which now holds the CA) from every login shell.
+python_env() {
+	bundle=$1
+	profile="$ROOT/etc/profile.d/lancache-python.sh"
+	if [ "$action" = uninstall ]; then
+		[ -f "$profile" ] && rm -f "$profile" && say "removed $profile"
+		return 0
+	fi
+	mkdir -p "$(dirname "$profile")" || die "cannot create $(dirname "$profile")"
+	printf '# lancache: Python clients trust the system store (with the cache CA) too\nexport SSL_CERT_FILE=%s\nexport REQUESTS_CA_BUNDLE=%s\n' "$bundle" "$bundle" >"$profile" ||
+		die "cannot write $profile"
+	chmod 644 "$profile"
+	say "Python clients (huggingface_hub): wrote $profile; in this shell run"
+	say "  export SSL_CERT_FILE=$bundle REQUESTS_CA_BUNDLE=$bundle"
+}
+
 # Everything runs from here, called on the last line: a download cut short runs nothing.
 main() {
 	action=install
@@ -261,16 +278,20 @@ main() {
 	case $os in
 	debian)
 		file_store "$ROOT/usr/local/share/ca-certificates/$NAME.crt" debian_refresh
+		python_env /etc/ssl/certs/ca-certificates.crt
 		;;
 	fedora)
 		file_store "$ROOT/etc/pki/ca-trust/source/anchors/$NAME.crt" refresh_store update-ca-trust extract
+		python_env /etc/pki/tls/certs/ca-bundle.crt
 		;;
 	arch)
 		file_store "$ROOT/etc/ca-certificates/trust-source/anchors/$NAME.crt" refresh_store update-ca-trust extract
+		python_env /etc/ssl/certs/ca-certificates.crt
 		;;
 	macos)
 		[ -z "$ROOT" ] || die "LANCACHE_SETUP_ROOT is not supported for macOS"
 		macos_store
+		[ "$action" = install ] && say "Python clients (huggingface_hub) trust certifi, not the keychain: export SSL_CERT_FILE and REQUESTS_CA_BUNDLE to a PEM bundle holding ${url%/}/ca.crt"
 		;;
 	*)
 		die "unknown system: add the CA (${url%/}/ca.crt) to its trust store by hand, or use 'ollama pull --insecure' with DNS only"

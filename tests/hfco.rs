@@ -1,7 +1,8 @@
 //! hf.co out of the box (issue 13, item 5):
 //!
-//! - With the built-in registries, DNS answers `hf.co` with the cache and forwards
-//!   `huggingface.co` (permitted by the CA, not yet intercepted).
+//! - With the built-in registries, DNS answers `hf.co` with the cache and, with the Hub
+//!   front off (`[huggingface] enabled = false`), forwards `huggingface.co` (permitted by
+//!   the CA, not intercepted).
 //! - On `Host: hf.co`, every path but the registry API (`/v2/...`) and `/blobs/sha256:...` is
 //!   relayed upstream unchanged: method, path and query byte for byte, end-to-end headers
 //!   (`Authorization`, `Cookie`, `User-Agent`) kept, hop-by-hop ones dropped, the loop guard
@@ -80,9 +81,10 @@ fn hf_co_is_intercepted_by_default_and_huggingface_co_is_not() {
     if !require_program("dig") {
         return;
     }
-    // No `[upstream.registries]`: the built-in ones.
+    // No `[upstream.registries]`: the built-in ones. The Hub front (which intercepts
+    // huggingface.co, tests/hub_transparent.rs) is off here.
     let d = Daemon::builder()
-        .config("[upstream]\nresolvers = []\n[dns]\nadvertise = [\"192.0.2.10\"]\n")
+        .config("[upstream]\nresolvers = []\n[dns]\nadvertise = [\"192.0.2.10\"]\n[huggingface]\nenabled = false\n")
         .start();
     let dns = d.dns.unwrap();
     let dig = |name: &str| {

@@ -16,6 +16,7 @@ mod hf_upstream_selftest;
 mod hfco;
 mod hostile;
 mod hub;
+mod hub_transparent;
 mod lifecycle;
 mod lifecycle_cache;
 mod metrics;

@@ -14,8 +14,9 @@
 //!   unconstrained one (`name_constraints = false`) does at once;
 //! - `/ca.crt` equals `lancachectl ca`; `/setup.sh` is filled with the cache's URL and the CA
 //!   fingerprint, passes `sh -n` and shellcheck, installs the CA into a fake root idempotently
-//!   (Debian, Fedora and Arch layouts), refuses a CA with the wrong fingerprint, `--uninstall` removes
-//!   it; with a Debian-like fake root the real update-ca-certificates puts the CA into that
+//!   (Debian, Fedora and Arch layouts) and writes `/etc/profile.d/lancache-python.sh` (Python
+//!   clients' `SSL_CERT_FILE` / `REQUESTS_CA_BUNDLE`), refuses a CA with the wrong fingerprint,
+//!   `--uninstall` removes both; with a Debian-like fake root the real update-ca-certificates puts the CA into that
 //!   root's bundle (curl then verifies the cache with it) and takes it out on --uninstall; a
 //!   hostile Host header never reaches the script; `/setup.ps1` is filled the same way;
 //! - `/setup.ps1` parses (tree-sitter PowerShell grammar; no pwsh here);
@@ -444,6 +445,14 @@ fn setup_sh_is_filled_checked_and_installs_idempotently() {
         assert!(text(&first).contains(&fp), "{}", text(&first));
         assert_eq!(std::fs::read(&installed).unwrap(), pem, "{os}");
         assert_eq!(mode(&installed), 0o644);
+        // Python clients (huggingface_hub) are pointed at the system bundle for login shells.
+        let py = root.path().join("etc/profile.d/lancache-python.sh");
+        let env = std::fs::read_to_string(&py).unwrap();
+        assert!(
+            env.contains("export SSL_CERT_FILE=") && env.contains("export REQUESTS_CA_BUNDLE="),
+            "{env}"
+        );
+        assert!(text(&first).contains("SSL_CERT_FILE"), "{}", text(&first));
         let again = run_setup(&path, root.path(), os, &[]);
         assert!(again.status.success(), "{}", text(&again));
         assert!(
@@ -455,6 +464,10 @@ fn setup_sh_is_filled_checked_and_installs_idempotently() {
         let gone = run_setup(&path, root.path(), os, &["--uninstall"]);
         assert!(gone.status.success(), "{}", text(&gone));
         assert!(!installed.exists(), "{os}: --uninstall removes the CA");
+        assert!(
+            !py.exists(),
+            "{os}: --uninstall removes the Python environment"
+        );
         let gone_again = run_setup(&path, root.path(), os, &["--uninstall"]);
         assert!(gone_again.status.success(), "{}", text(&gone_again));
     }

@@ -46,7 +46,13 @@ impl Table {
         let mut suffixes = Vec::new();
         let registries = config.upstream.registries.keys().map(|h| h.as_str());
         let intercepts = config.dns.intercept.iter().map(|p| p.0.as_str());
-        for name in registries.chain(intercepts) {
+        // The Hub front answers huggingface.co itself (transparent mode).
+        let hub = config
+            .huggingface
+            .enabled
+            .then_some(crate::hub::HOST)
+            .into_iter();
+        for name in registries.chain(intercepts).chain(hub) {
             let name = name.trim_end_matches('.').to_ascii_lowercase();
             match name.strip_prefix("*.") {
                 Some(suffix) => suffixes.push(format!(".{suffix}")),
@@ -122,12 +128,14 @@ mod tests {
         assert!(!t.allowed("127.0.0.1".parse().unwrap()));
     }
 
-    /// hf.co is a default registry, so intercepted; huggingface.co is only permitted by the
-    /// CA's constraints until the cache relays it (the Hugging Face issue).
+    /// hf.co is a default registry, so intercepted; huggingface.co is intercepted while the
+    /// Hub front (`[huggingface] enabled`) is on; their CDNs never are.
     #[test]
-    fn defaults_intercept_hf_co_not_huggingface_co() {
+    fn defaults_intercept_hf_co_and_huggingface_co() {
         let t = Table::with_advertise(&Config::default(), None);
         assert!(t.intercepts("registry.ollama.ai") && t.intercepts("hf.co"));
-        assert!(!t.intercepts("huggingface.co") && !t.intercepts("us.aws.cdn.hf.co"));
+        assert!(t.intercepts("huggingface.co") && !t.intercepts("us.aws.cdn.hf.co"));
+        let off = Config::parse("[huggingface]\nenabled = false\n").unwrap();
+        assert!(!Table::with_advertise(&off, None).intercepts("huggingface.co"));
     }
 }

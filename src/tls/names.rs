@@ -41,6 +41,10 @@ impl NameSet {
         for pattern in &config.dns.intercept {
             set.dns.insert(normalise(&pattern.0));
         }
+        // The Hub front answers huggingface.co (transparent mode): it needs a leaf.
+        if config.huggingface.enabled {
+            set.dns.insert(crate::hub::HOST.to_string());
+        }
         if config.http.public_url.is_set() {
             if let Ok(uri) = config.http.public_url.0.parse::<http::Uri>() {
                 if let Some(host) = uri.host() {
@@ -112,7 +116,7 @@ mod tests {
     #[test]
     fn from_config_collects_every_source() {
         let c = Config::parse(
-            "[dns]\nintercept = [\"hf.co\", \"*.R2.cloudflarestorage.com\"]\nadvertise = [\"10.0.0.5\"]\n[http]\npublic_url = \"http://Cache.lan:8080\"\n",
+            "[dns]\nintercept = [\"hf.co\", \"*.R2.cloudflarestorage.com\"]\nadvertise = [\"10.0.0.5\"]\n[http]\npublic_url = \"http://Cache.lan:8080\"\n[huggingface]\nenabled = false\n",
         )
         .unwrap();
         let n = NameSet::from_config(&c);
@@ -132,6 +136,10 @@ mod tests {
         // Permitted for the Hugging Face issue, but neither intercepted nor given a leaf.
         assert!(subtrees.contains("huggingface.co") && subtrees.contains("hf.co"));
         assert!(!n.dns.contains("huggingface.co"));
+        // With the Hub front on (the default), huggingface.co gets a leaf.
+        assert!(NameSet::from_config(&Config::default())
+            .dns
+            .contains("huggingface.co"));
         let ip = Config::parse("[http]\npublic_url = \"https://[fd00::1]\"\n").unwrap();
         assert!(NameSet::from_config(&ip)
             .ips
