@@ -6,6 +6,9 @@
 //!   `hf_hub_download`, for a model and a dataset, with `hf_xet` installed (the Xet headers
 //!   are removed, so it stays on HTTP) and with `HF_HUB_DISABLE_XET=1`; the CDN redirect is
 //!   followed cache-side (the client never sees the CDN); every file's sha256 is right;
+//! - `list_repo_tree` (sub-folder, recursive, across pages) and `get_paths_info` through the
+//!   cache give what upstream gives, and the same again with upstream stopped; a tree page's
+//!   `Link` names the cache's host and `/hf`;
 //! - a second client with upstream stopped gets the same files (revisions, metadata and
 //!   files served from cache); upstream paid each file's bytes once;
 //! - 16 concurrent `snapshot_download`s of one cold repo cost upstream 1.00x its bytes;
@@ -385,4 +388,51 @@ fn the_cache_dir_is_a_hub_cache_both_ways() {
     hc::ok(&r);
     expect_files(&r, &files);
     assert_eq!(up.bytes(), 0, "every file came from the existing hub cache");
+}
+
+#[test]
+fn tree_and_paths_info_answer_through_the_cache_and_from_it() {
+    if !hc::require() {
+        return;
+    }
+    let up = HfUpstream::start();
+    up.set_page_size(2);
+    let files = files();
+    add(&up, Kind::Model, "org/model", Access::Public, &files);
+    let d = cache(&up, "");
+    let env = hc::env(
+        &d.http_url("/hf"),
+        tempfile::tempdir().unwrap().path(),
+        false,
+    );
+    let tree = json!({"op": "tree", "repo": "org/model", "path": "sub", "recursive": true});
+    let paths = json!({"op": "paths_info", "repo": "org/model", "paths": ["config.json", "sub", "model.safetensors"]});
+    let direct = hc::env(&up.url(), tempfile::tempdir().unwrap().path(), false);
+    let want_tree = hc::run(&tree, &direct);
+    let want_paths = hc::run(&paths, &direct);
+    hc::ok(&want_tree);
+    hc::ok(&want_paths);
+    // A page's Link names the cache, not upstream.
+    let r = raw_get(
+        d.http.unwrap(),
+        "cache.lan",
+        "/hf/api/models/org/model/tree/main?recursive=true",
+        &[],
+    );
+    assert_eq!(r.status, 200);
+    let link = &r.headers["link"];
+    assert!(
+        link.starts_with("<http://cache.lan/hf/api/models/org/model/tree/"),
+        "{link}"
+    );
+    let check = || {
+        let t = hc::run(&tree, &env);
+        assert_eq!(hc::ok(&t)["entries"], want_tree["entries"]);
+        let p = hc::run(&paths, &env);
+        assert_eq!(hc::ok(&p)["entries"], want_paths["entries"]);
+    };
+    check();
+    // Upstream stopped: the same answers, from the cache.
+    drop(up);
+    check();
 }
