@@ -28,6 +28,20 @@ pub fn origin(repo: &RepoId, commit: &str, path: &str) -> String {
     format!("{}@{commit}/{path}", repo.key())
 }
 
+/// [`origin`] read back, checked like a request's names (a slice map is on-disk input).
+pub fn parse_origin(origin: &str) -> Option<(RepoId, String, String)> {
+    let (repo, rest) = origin.split_once('@')?;
+    let (commit, path) = rest.split_once('/')?;
+    let (kind, id) = repo.split_once('/')?;
+    let kind = match kind {
+        "models" => Kind::Model,
+        "datasets" => Kind::Dataset,
+        _ => return None,
+    };
+    let repo = RepoId::new(kind, id).ok()?;
+    (is_commit(commit) && valid_path(path)).then(|| (repo, commit.to_string(), path.to_string()))
+}
+
 impl HubFetcher {
     pub fn new(
         state: Arc<State>,
@@ -54,19 +68,8 @@ impl HubFetcher {
 
     /// Rebuilds a fetcher from a slice map's origin (a resumed fill has no token).
     pub fn from_origin(state: Arc<State>, origin: &str, size: u64) -> Option<HubFetcher> {
-        let (repo, rest) = origin.split_once('@')?;
-        let (commit, path) = rest.split_once('/')?;
-        let (kind, id) = repo.split_once('/')?;
-        let kind = match kind {
-            "models" => Kind::Model,
-            "datasets" => Kind::Dataset,
-            _ => return None,
-        };
-        let repo = RepoId::new(kind, id).ok()?;
-        if !is_commit(commit) || !valid_path(path) {
-            return None;
-        }
-        Some(HubFetcher::new(state, &repo, commit, path, None, size))
+        let (repo, commit, path) = parse_origin(origin)?;
+        Some(HubFetcher::new(state, &repo, &commit, &path, None, size))
     }
 }
 
@@ -116,5 +119,31 @@ impl Fetcher for HubFetcher {
             };
             crate::proxy::fetch::ranged_body(resp, start, end, size, &what)
         }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn origins_round_trip_and_hostile_ones_are_refused() {
+        let r = RepoId::new(Kind::Dataset, "o/d").unwrap();
+        let c = "a".repeat(40);
+        let o = origin(&r, &c, "data/x.parquet");
+        assert_eq!(o, format!("datasets/o/d@{c}/data/x.parquet"));
+        assert_eq!(
+            parse_origin(&o),
+            Some((r, c.clone(), "data/x.parquet".into()))
+        );
+        for bad in [
+            format!("models/o/n@{c}/../x"),
+            "models/o/n@main/x".to_string(),
+            format!("spaces/o/n@{c}/x"),
+            format!("models/../n@{c}/x"),
+            "models/o/n".to_string(),
+        ] {
+            assert_eq!(parse_origin(&bad), None, "{bad}");
+        }
     }
 }
