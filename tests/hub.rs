@@ -11,7 +11,8 @@
 //!   `Link` names the cache's host and `/hf`;
 //! - a second client with upstream stopped gets the same files (revisions, metadata and
 //!   files served from cache); upstream paid each file's bytes once;
-//! - 16 concurrent `snapshot_download`s of one cold repo cost upstream 1.00x its bytes;
+//! - 16 concurrent `snapshot_download`s of one cold repo cost upstream 1.00x its bytes, and
+//!   the traffic shows in `/metrics` and `lancachectl stats` under `huggingface`;
 //! - a file corrupted upstream (LFS: sha256; small: git blob SHA-1) is never published, and
 //!   a later good answer is;
 //! - gated and private repos: no token → upstream's 401, a token not granted → 403, a granted
@@ -159,6 +160,12 @@ fn sixteen_concurrent_cold_snapshots_cost_upstream_the_repo_once() {
         expect_files(&r, &files);
     }
     assert_eq!(up.bytes(), total(&files), "upstream bytes, 1.00x the repo");
+    // Counted in the metrics and stats under the origin `huggingface`.
+    let m = raw_get(d.http.unwrap(), "cache", "/metrics", &[]);
+    let text = String::from_utf8_lossy(&m.body);
+    assert!(text.contains("registry=\"huggingface\""), "{text}");
+    let stats = d.ctl_json(&["stats"]);
+    assert!(stats.to_string().contains("huggingface"), "{stats:#}");
 }
 
 #[test]
