@@ -18,7 +18,9 @@
 //! - gated and private repos: no token → upstream's 401, a token not granted → 403, a granted
 //!   token → the files; cached bytes are never served to the first two; upstream down, the
 //!   granted token (within `auth_ttl`) is still served and others get a 503 that says why;
-//! - a moved branch (revision rename) is seen after `revision_ttl`; `refs%2Fpr%2F1`;
+//! - a moved branch (revision rename) is seen after `revision_ttl`; `refs%2Fpr%2F1`; a renamed
+//!   repo still downloads by its old name (its redirect followed upstream-side for revisions,
+//!   passed back on the cache for files);
 //! - the cache dir's `huggingface/` is a hub cache: `HF_HUB_CACHE=<it> HF_HUB_OFFLINE=1` loads
 //!   the snapshot, and an existing hub cache (made by the client itself) is served as is.
 
@@ -330,6 +332,19 @@ fn a_moved_branch_is_seen_after_revision_ttl_and_pr_refs_resolve() {
         &env,
     );
     assert_eq!(hc::ok(&r)["commit"], c1.as_str());
+    // A renamed repo: the old name still downloads through the cache (the rename's redirect
+    // is followed upstream-side for the revision, and passed back on the cache for files).
+    up.rename_repo(Kind::Model, "org/old-name", "org/model");
+    let fresh = tempfile::tempdir().unwrap();
+    let env2 = hc::env(&endpoint, fresh.path(), false);
+    let r = hc::run(&json!({"op": "snapshot", "repo": "org/old-name"}), &env2);
+    assert_eq!(hc::ok(&r)["commit"], c2.as_str());
+    expect_files(&r, &v2);
+    let r = hc::run(
+        &json!({"op": "download", "repo": "org/old-name", "filename": "config.json"}),
+        &env2,
+    );
+    assert_eq!(hc::ok(&r)["files"]["config.json"], sha256_hex(&v2[0].1));
     // Upstream down: the last answer stands, however old.
     drop(up);
     std::thread::sleep(std::time::Duration::from_millis(1100));

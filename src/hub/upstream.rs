@@ -92,6 +92,31 @@ impl<'a> Ctx<'a> {
             .await
     }
 
+    /// A GET that follows a renamed repo's redirect on upstream itself (a `Location` that is
+    /// an absolute path), so that what the client asked (a tree, a file) is not answered with
+    /// a redirect to the repo info. Other redirects come back as they are.
+    async fn send_following_renames(&self, url: Uri) -> anyhow::Result<Response<Incoming>> {
+        let mut url = url;
+        for _ in 0..3 {
+            let resp = self
+                .send(Method::GET, url.clone(), &HeaderMap::new())
+                .await?;
+            let next = resp
+                .headers()
+                .get(header::LOCATION)
+                .and_then(|v| v.to_str().ok())
+                .filter(|l| l.starts_with('/') && !l.starts_with("//"))
+                .map(str::to_string);
+            match next {
+                Some(loc) if resp.status().is_redirection() => {
+                    url = crate::proxy::upstream::join_url(&url, &loc)?;
+                }
+                _ => return Ok(resp),
+            }
+        }
+        anyhow::bail!("too many redirects from upstream (last: {url})")
+    }
+
     fn ttls(&self) -> (Duration, Duration) {
         let cfg = self.state.config();
         (cfg.huggingface.revision_ttl.0, cfg.huggingface.auth_ttl.0)
@@ -157,7 +182,7 @@ impl<'a> Ctx<'a> {
             repo.id,
             encode_segment(rev)
         ))?;
-        let why = match self.send(Method::GET, url, &HeaderMap::new()).await {
+        let why = match self.send_following_renames(url).await {
             Ok(resp) if resp.status() == StatusCode::OK => {
                 let bytes = match read_limited(resp.into_body()).await {
                     Ok(b) => b,
