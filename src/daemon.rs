@@ -141,6 +141,11 @@ async fn run_async(config: Config, source: ConfigSource, listeners: Listeners) -
             state.layout.root().display()
         )
     })?;
+    // Before wire_cache: resumed fills must already use the cluster's sources.
+    if let Some(c) = crate::cluster::Cluster::from_config(&state.config().cluster)? {
+        tracing::info!(node = %c.me, nodes = c.nodes.len(), "cluster mode");
+        let _ = state.cluster.set(Arc::new(c));
+    }
     wire_cache(&state);
     let mut subs = subsystems(listeners);
     if subs.is_empty() {

@@ -47,6 +47,8 @@ pub struct State {
     pub proxy: crate::proxy::Proxy,
     /// The DNS interceptor's counters (kept here so they survive a subsystem restart).
     pub dns_stats: Arc<crate::dns::stats::Stats>,
+    /// `[cluster]`: the shared store and the leases, set once at start when configured.
+    pub cluster: OnceLock<Arc<crate::cluster::Cluster>>,
 }
 
 impl State {
@@ -75,6 +77,7 @@ impl State {
             pins,
             proxy,
             dns_stats: Arc::default(),
+            cluster: OnceLock::new(),
         })
     }
 

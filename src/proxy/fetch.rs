@@ -85,7 +85,7 @@ async fn get_range(
 }
 
 /// Parses `bytes a-b/total`.
-fn content_range(v: &str) -> Option<(u64, u64, Option<u64>)> {
+pub(crate) fn content_range(v: &str) -> Option<(u64, u64, Option<u64>)> {
     let rest = v.trim().strip_prefix("bytes ")?;
     let (range, total) = rest.split_once('/')?;
     let (a, b) = range.split_once('-')?;
@@ -173,7 +173,7 @@ impl Fetcher for RegistryFetcher {
 }
 
 /// Whether a body error means the connection ended before the promised length.
-fn is_truncation(e: &hyper::Error) -> bool {
+pub(crate) fn is_truncation(e: &hyper::Error) -> bool {
     let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
     while let Some(err) = cur {
         if let Some(h) = err.downcast_ref::<hyper::Error>() {
@@ -191,7 +191,7 @@ fn is_truncation(e: &hyper::Error) -> bool {
     false
 }
 
-fn error_chain(e: &dyn std::error::Error) -> String {
+pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
     let mut s = e.to_string();
     let mut cur = e.source();
     while let Some(err) = cur {

@@ -196,10 +196,23 @@ pub async fn join_fill(
         digest,
         size,
     );
+    // Cluster mode: the store, the lease holder or upstream, chosen slice by slice.
+    let fetcher: Arc<dyn crate::store::fill::Fetcher> = match state.cluster.get() {
+        Some(c) => Arc::new(crate::cluster::fetcher::ClusterFetcher {
+            state: state.clone(),
+            cluster: c.clone(),
+            upstream: Arc::new(fetcher),
+            registry: origin.registry.clone(),
+            repository: origin.repository.clone(),
+            digest: digest.clone(),
+            size,
+        }),
+        None => Arc::new(fetcher),
+    };
     state
         .proxy
         .fills
-        .join(digest, size, origin, fill_params(&cfg), Arc::new(fetcher))
+        .join(digest, size, origin, fill_params(&cfg), fetcher)
         .map_err(FillStartError::Io)
 }
 
