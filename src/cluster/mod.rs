@@ -42,16 +42,22 @@ pub struct Cluster {
 }
 
 impl Cluster {
-    /// Builds the store client and finds which configured node is this one (the address a
-    /// socket can bind to here). `None` when `[cluster]` is absent.
-    pub fn from_config(cfg: &ClusterConfig) -> Result<Option<Cluster>> {
+    /// Builds the store client and finds which configured node is this one: the one an HTTP
+    /// listener of ours is bound to, else the first whose address is local here (a socket
+    /// can bind to it). `None` when `[cluster]` is absent.
+    pub fn from_config(cfg: &ClusterConfig, http: &[SocketAddr]) -> Result<Option<Cluster>> {
         if !cfg.enabled() {
             return Ok(None);
         }
         let nodes = cfg.node_addrs().map_err(|e| anyhow!(e))?;
         let me = *nodes
             .iter()
-            .find(|a| std::net::UdpSocket::bind(SocketAddr::new(a.ip(), 0)).is_ok())
+            .find(|a| http.contains(a))
+            .or_else(|| {
+                nodes
+                    .iter()
+                    .find(|a| std::net::UdpSocket::bind(SocketAddr::new(a.ip(), 0)).is_ok())
+            })
             .ok_or_else(|| {
                 anyhow!(
                     "cluster.nodes: none of {:?} is an address of this host",
