@@ -241,10 +241,22 @@ fn three_nodes_one_upstream_fill_then_the_store() {
         assert_eq!(*status, 200, "node {i}");
         assert!(*body == layer, "node {i}'s client got the blob's bytes");
     }
+    let logs: Vec<String> = c
+        .nodes
+        .iter()
+        .map(|n| {
+            n.stderr()
+                .lines()
+                .filter(|l| l.contains("cluster"))
+                .collect::<Vec<_>>()
+                .join("\n")
+        })
+        .collect();
     assert_eq!(
         up.cdn_bytes_of(&dg),
         size as u64,
-        "upstream sent the blob once for three nodes (1.00x)"
+        "upstream sent the blob once for three nodes (1.00x); node logs:\n{}",
+        logs.join("\n---\n")
     );
     wait_for("the blob in the store", Duration::from_secs(30), || {
         store_object(&sw, "one", &dg).is_some()

@@ -54,7 +54,12 @@ pub async fn acquire(
     ttl: Duration,
 ) -> object_store::Result<Acquired> {
     let path = store.lease(digest);
-    for _ in 0..4 {
+    for attempt in 0..8u64 {
+        if attempt > 0 {
+            // A store whose listing lags its writes can answer the read of a lease that was
+            // just refused as existing with "not found"; give it a moment.
+            tokio::time::sleep(Duration::from_millis(50 * attempt)).await;
+        }
         let opts = PutOptions::from(PutMode::Create);
         match store.s3.put_opts(&path, body(me, ttl), opts).await {
             Ok(r) => return Ok(Acquired::Mine { e_tag: r.e_tag }),

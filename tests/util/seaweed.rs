@@ -73,6 +73,7 @@ impl Seaweed {
             .arg(format!("-s3.port={s3_port}"))
             .arg(format!("-s3.port.grpc={}", p[7]))
             .arg("-s3.port.iceberg=0")
+            .arg("-s3.port.lance=0")
             .arg(format!("-metricsPort={}", p[8]))
             .arg(format!("-s3.config={}", d.join("s3.json").display()))
             .arg("-master.volumeSizeLimitMB=64")
