@@ -7,7 +7,7 @@
 
 use futures_util::future::BoxFuture;
 use futures_util::{StreamExt, TryStreamExt};
-use object_store::{GetOptions, GetRange, ObjectStore};
+use object_store::{GetOptions, GetRange, ObjectStore, ObjectStoreExt};
 use std::sync::Arc;
 
 use super::lease::{self, Acquired};
@@ -72,8 +72,30 @@ impl Fetcher for ClusterFetcher {
                     return upstream.fetch(start, end).await;
                 }
             }
-            match c.note(lease::acquire(&c.store, &digest, c.me, c.ttl).await) {
+            let mut got = c.note(lease::acquire(&c.store, &digest, c.me, c.ttl).await);
+            // A store that answers but whose lease will not settle: ask again rather than
+            // fill from upstream beside the holder (that would cost upstream twice).
+            for _ in 0..10 {
+                if got.is_ok() || !c.reachable() {
+                    break;
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+                got = c.note(lease::acquire(&c.store, &digest, c.me, c.ttl).await);
+            }
+            match got {
                 Ok(Acquired::Mine { e_tag }) => {
+                    // The previous holder uploads before it releases: a lease freed between
+                    // our store read and our create may mean the blob is there now.
+                    let key = c.store.blob(&digest);
+                    if c.note(c.store.s3.head(&key).await).is_ok() {
+                        let _ = lease::release(&c.store, &digest).await;
+                        let opts = GetOptions {
+                            range: Some(GetRange::Bounded(start..end + 1)),
+                            ..Default::default()
+                        };
+                        let got = c.store.s3.get_opts(&key, opts).await.map_err(store_err)?;
+                        return Ok(got.into_stream().map_err(store_err).boxed());
+                    }
                     if c.hold(&digest, e_tag) {
                         tracing::info!(%digest, "cluster: holding the fill lease");
                         tokio::spawn(super::upload::keep_lease(state, c.clone(), digest.clone()));
