@@ -10,7 +10,8 @@
 //! - A blob pulled through node A is pulled through node B from the store: no upstream bytes.
 //! - `kill -9` of the lease holder mid-fill: the other node's client ends verified or
 //!   aborted (never wrong bytes), and the blob is then served whole by the surviving nodes.
-//! - Store stopped: local hits keep working, and a cold blob is filled alone from upstream.
+//! - Store stopped: local hits keep working, a cold blob is filled alone from upstream, and
+//!   `lancachectl status` / `stats` (hence `/metrics`) say the store is unreachable.
 //! - Store objects are only ever whole, verified blobs (size and sha256 checked).
 
 use std::net::{SocketAddr, TcpListener};
@@ -345,6 +346,10 @@ fn store_lost_local_hits_and_fill_alone() {
         200
     );
     assert_eq!(get_blob(a, &dg), (200, layer.clone()));
+    let st = c.nodes[1].ctl_json(&["status"]);
+    assert_eq!(st["cluster"]["store_reachable"], true, "{st}");
+    assert_eq!(st["cluster"]["node"], b.to_string(), "{st}");
+    assert_eq!(st["cluster"]["nodes"].as_array().unwrap().len(), 2, "{st}");
     sw.stop();
     assert!(!sw.listening());
     // A local hit needs no store.
@@ -357,4 +362,15 @@ fn store_lost_local_hits_and_fill_alone() {
     let (s, body) = get_blob(b, &dg);
     assert_eq!(s, 200);
     assert!(body == layer);
+    // ... and says so: `status` and `stats` (which `/metrics` renders).
+    let st = c.nodes[1].ctl_json(&["status"]);
+    assert_eq!(st["cluster"]["store_reachable"], false, "{st}");
+    let stats = c.nodes[1].ctl_json(&["stats"]);
+    assert_eq!(stats["cluster"]["store_reachable"], false, "{stats}");
+    let human = c.nodes[1].ctl(&["status"]);
+    assert!(
+        String::from_utf8_lossy(&human.stdout).contains("UNREACHABLE"),
+        "{}",
+        String::from_utf8_lossy(&human.stdout)
+    );
 }
