@@ -12,7 +12,8 @@
 //!   aborted (never wrong bytes), and the blob is then served whole by the surviving nodes.
 //! - Store stopped: local hits keep working, a cold blob is filled alone from upstream, and
 //!   `lancachectl status` / `stats` (hence `/metrics`) say the store is unreachable.
-//! - Store objects are only ever whole, verified blobs (size and sha256 checked).
+//! - Store objects are only ever whole, verified blobs (size and sha256 checked), a blob
+//!   above the single-PUT size too (multipart upload).
 
 use std::net::{SocketAddr, TcpListener};
 use std::time::Duration;
@@ -372,5 +373,33 @@ fn store_lost_local_hits_and_fill_alone() {
         String::from_utf8_lossy(&human.stdout).contains("UNREACHABLE"),
         "{}",
         String::from_utf8_lossy(&human.stdout)
+    );
+}
+
+#[test]
+fn large_blob_goes_up_as_a_whole_multipart_object() {
+    need_weed!();
+    let sw = Seaweed::start();
+    let up = FakeUpstream::start();
+    // Above the 16 MiB single-PUT limit: a multipart upload of two parts.
+    let (layer, dg) = model(&up, 20 << 20, 51);
+    let c = start_nodes(&sw, &up, "big", 1, "10s");
+    let a = c.addrs[0];
+    assert_eq!(
+        raw_get(a, REG, "/v2/library/m/manifests/latest", &[]).status,
+        200
+    );
+    let (s, body) = get_blob(a, &dg);
+    assert_eq!(s, 200);
+    assert!(body == layer);
+    wait_for("the blob in the store", Duration::from_secs(60), || {
+        store_object(&sw, "big", &dg).is_some()
+    });
+    let obj = store_object(&sw, "big", &dg).unwrap();
+    assert_eq!(obj.len(), layer.len());
+    assert_eq!(
+        digest(&obj),
+        dg,
+        "the store object is the whole, verified blob"
     );
 }
