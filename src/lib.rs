@@ -5,6 +5,7 @@
 //! the distribution endpoints behind it, the HTTPS front ([`tls`]) and the control socket
 //! ([`control`]). Each has the shape `run(listeners, state, cancel)`; [`daemon`] wires them up.
 
+pub mod cluster;
 pub mod config;
 pub mod control;
 pub mod daemon;

@@ -49,6 +49,8 @@ pub struct State {
     pub hub: crate::hub::Hub,
     /// The DNS interceptor's counters (kept here so they survive a subsystem restart).
     pub dns_stats: Arc<crate::dns::stats::Stats>,
+    /// `[cluster]`: the shared store and the leases, set once at start when configured.
+    pub cluster: OnceLock<Arc<crate::cluster::Cluster>>,
 }
 
 impl State {
@@ -79,6 +81,7 @@ impl State {
             proxy,
             hub,
             dns_stats: Arc::default(),
+            cluster: OnceLock::new(),
         })
     }
 

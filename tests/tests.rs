@@ -6,6 +6,7 @@ mod util;
 
 mod activation;
 mod bundles;
+mod cluster;
 mod config;
 mod control;
 mod distribution;

@@ -112,6 +112,19 @@ pub fn human(resp: &Response, ca_path: bool, st: Style) -> String {
                     let _ = writeln!(o, "           last error: {}", fit(e, 56));
                 }
             }
+            if let Some(c) = &s.cluster {
+                let store = if c.store_reachable {
+                    st.green("reachable")
+                } else {
+                    st.red("UNREACHABLE (serving local hits, filling alone)")
+                };
+                let _ = writeln!(o, "cluster: node {} of {}", c.node, c.nodes.join(", "));
+                let _ = writeln!(o, "  store {} {store}", c.store);
+                let _ = writeln!(o, "  leases held: {}", c.leases_held.len());
+                for d in &c.leases_held {
+                    let _ = writeln!(o, "    {}", short(d));
+                }
+            }
         }
         Response::Stats(s) => stats(&mut o, s, st),
         Response::Reloaded(r) => {

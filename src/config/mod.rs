@@ -6,6 +6,7 @@
 //! the key and the line. Values validate while they deserialise (see `units` and the newtypes
 //! below), which is what lets the TOML parser point at the offending line for every kind of error.
 
+pub mod cluster;
 pub mod units;
 
 use anyhow::{Context, Result};
@@ -15,6 +16,7 @@ use serde::{de, Deserialize, Deserializer, Serialize};
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 
+pub use cluster::ClusterConfig;
 pub use units::{ByteSize, HumanDuration, Rate};
 
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/lancached/lancached.toml";
@@ -37,6 +39,8 @@ pub struct Config {
     pub control: ControlConfig,
     pub log: LogConfig,
     pub huggingface: HuggingfaceConfig,
+    /// Several nodes over one object store; absent = standalone.
+    pub cluster: ClusterConfig,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -555,6 +559,7 @@ impl Config {
             return Err("`cache.slice_size` must be at least 1MiB".into());
         }
         parse_parent(&self.upstream.parent)?;
+        self.cluster.check()?;
         Ok(())
     }
 
@@ -588,6 +593,30 @@ fn quickstart_cache_dir(ollama_models: Option<PathBuf>, home: Option<PathBuf>) -
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn cluster_section() {
+        let c = Config::parse(
+            "[cluster]\nstore = \"s3://lan/cache\"\nendpoint = \"http://10.0.0.9:8333\"\nnodes = [\"10.0.0.1\", \"10.0.0.2:8080\"]\nlease_ttl = \"10s\"\n",
+        )
+        .unwrap();
+        assert!(c.cluster.enabled());
+        assert_eq!(
+            c.cluster.bucket_prefix().unwrap(),
+            ("lan".into(), "cache".into())
+        );
+        assert_eq!(c.cluster.node_addrs().unwrap()[0].port(), 80);
+        assert!(!Config::parse("").unwrap().cluster.enabled());
+        for (bad, key) in [
+            ("store = \"lan\"\nnodes = [\"10.0.0.1\"]", "cluster.store"),
+            ("store = \"s3://b\"", "cluster.nodes"),
+            ("store = \"s3://b\"\nnodes = [\"x y\"]", "cluster.nodes"),
+            ("stor = \"s3://b\"", "stor"),
+        ] {
+            let e = Config::parse(&format!("[cluster]\n{bad}\n")).unwrap_err();
+            assert!(e.contains(key), "{bad}: {e}");
+        }
+    }
 
     #[test]
     fn upstream_parent_and_max_rate() {

@@ -325,6 +325,17 @@ pub fn status(state: &State) -> Status {
                 last_error: h.last_error,
             })
             .collect(),
+        cluster: state.cluster.get().map(|c| {
+            let mut leases: Vec<String> = c.leases_held().iter().map(|d| d.to_string()).collect();
+            leases.sort();
+            lancache_protocol::ClusterStatus {
+                node: c.me.to_string(),
+                nodes: c.nodes.iter().map(|n| n.to_string()).collect(),
+                store: state.config().cluster.store.clone(),
+                store_reachable: c.reachable(),
+                leases_held: leases,
+            }
+        }),
     }
 }
 
@@ -367,6 +378,13 @@ pub fn stats(state: &State) -> Stats {
     super::wire::add_lifecycle_usage(&mut cache, &lifecycle);
     stats.cache = Some(cache);
     stats.lifecycle = Some(lifecycle.into());
+    stats.cluster = state
+        .cluster
+        .get()
+        .map(|c| lancache_protocol::ClusterStats {
+            store_reachable: c.reachable(),
+            leases_held: c.leases_held().len() as u64,
+        });
     stats
 }
 

@@ -185,7 +185,7 @@ pub fn ranged_body(
 }
 
 /// Whether a body error means the connection ended before the promised length.
-fn is_truncation(e: &hyper::Error) -> bool {
+pub(crate) fn is_truncation(e: &hyper::Error) -> bool {
     let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
     while let Some(err) = cur {
         if let Some(h) = err.downcast_ref::<hyper::Error>() {
@@ -203,7 +203,7 @@ fn is_truncation(e: &hyper::Error) -> bool {
     false
 }
 
-fn error_chain(e: &dyn std::error::Error) -> String {
+pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
     let mut s = e.to_string();
     let mut cur = e.source();
     while let Some(err) = cur {

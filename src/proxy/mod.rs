@@ -181,13 +181,6 @@ pub async fn join_fill(
     need: u64,
     origin: Origin,
 ) -> Result<Joined, FillStartError> {
-    if let Some(j) = state.proxy.fills.existing(digest) {
-        return Ok(j);
-    }
-    if let Err(e) = ensure_space(state, need).await {
-        state.proxy.counters.failure("no_space");
-        return Err(FillStartError::NoSpace(e));
-    }
     let fetcher = fetch::RegistryFetcher::new(
         state.clone(),
         &origin.registry,
@@ -195,7 +188,20 @@ pub async fn join_fill(
         digest,
         size,
     );
-    join_fill_with(state, digest, size, need, origin, Arc::new(fetcher)).await
+    // Cluster mode: the store, the lease holder or upstream, chosen slice by slice.
+    let fetcher: Arc<dyn crate::store::fill::Fetcher> = match state.cluster.get() {
+        Some(c) => Arc::new(crate::cluster::fetcher::ClusterFetcher {
+            state: state.clone(),
+            cluster: c.clone(),
+            upstream: Arc::new(fetcher),
+            registry: origin.registry.clone(),
+            repository: origin.repository.clone(),
+            digest: digest.clone(),
+            size,
+        }),
+        None => Arc::new(fetcher),
+    };
+    join_fill_with(state, digest, size, need, origin, fetcher).await
 }
 
 /// [`join_fill`] with the fetcher given: fronts whose blobs do not come from a registry (the

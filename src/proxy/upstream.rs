@@ -97,7 +97,7 @@ pub fn check_hops(value: &[u8]) -> std::result::Result<Arc<str>, String> {
 
 /// The hop header for a request this daemon sends: the list of the request it serves, plus
 /// its own id.
-fn hop_value() -> HeaderValue {
+pub(crate) fn hop_value() -> HeaderValue {
     let prev = current_hops();
     let v = if prev.is_empty() {
         instance_id().to_string()

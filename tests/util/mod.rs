@@ -10,6 +10,7 @@ pub mod hop;
 pub mod models;
 pub mod netns;
 pub mod ollama;
+pub mod seaweed;
 pub mod standin;
 pub mod strict_http;
 pub mod strict_ollama;

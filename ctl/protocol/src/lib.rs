@@ -158,6 +158,23 @@ pub struct Status {
     /// Where the configuration came from (a path, or "built-in quick-start defaults").
     pub config: String,
     pub subsystems: Vec<SubsystemStatus>,
+    /// Cluster mode only (`[cluster]`): absent on a standalone node.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cluster: Option<ClusterStatus>,
+}
+
+/// A cluster node's view: itself, the configured nodes, the store, the leases it holds.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClusterStatus {
+    /// This node's data-plane address.
+    pub node: String,
+    pub nodes: Vec<String>,
+    /// `s3://BUCKET/PREFIX`.
+    pub store: String,
+    /// Whether the last store request got an answer (lost: local hits, fills alone).
+    pub store_reachable: bool,
+    /// Digests whose fill lease this node holds.
+    pub leases_held: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -186,6 +203,15 @@ pub struct Stats {
     pub lifecycle: Option<LifecycleStats>,
     #[serde(default)]
     pub tls: Option<TlsStats>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cluster: Option<ClusterStats>,
+}
+
+/// Cluster mode: the store's reachability and the leases held, for `/metrics`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClusterStats {
+    pub store_reachable: bool,
+    pub leases_held: u64,
 }
 
 /// The cache's housekeeping: disk room, evictions, prunes, the most used models.

