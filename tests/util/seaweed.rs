@@ -16,12 +16,24 @@ pub struct Seaweed {
     procs: Vec<Child>,
 }
 
+/// A port that is free now and lies below the kernel's ephemeral range (32768 and up here), so
+/// that no test's outgoing connection can take it between this pick and SeaweedFS binding it:
+/// a port handed out by `bind(:0)` is exactly one such connections also draw from.
 fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    use std::hash::{BuildHasher, Hasher};
+    loop {
+        let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+        h.write_u128(
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_nanos(),
+        );
+        let port = 20000 + (h.finish() % 12000) as u16;
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
 }
 
 /// Whether `weed` is installed (scripts/test-deps.sh installs it); tests skip loudly otherwise.
@@ -35,7 +47,23 @@ pub fn available() -> bool {
 }
 
 impl Seaweed {
+    /// Starts the store, again on fresh ports when a process dies while coming up (a port taken
+    /// by another test in the meantime makes `weed` exit with a listener error).
     pub fn start() -> Seaweed {
+        let mut failures = Vec::new();
+        for _ in 0..3 {
+            match Self::try_start() {
+                Ok(sw) => return sw,
+                Err(why) => failures.push(why),
+            }
+        }
+        panic!(
+            "SeaweedFS did not come up in 3 tries:\n{}",
+            failures.join("\n---\n")
+        );
+    }
+
+    fn try_start() -> Result<Seaweed, String> {
         let dir = tempfile::Builder::new()
             .prefix("seaweed")
             .tempdir()
@@ -55,7 +83,14 @@ impl Seaweed {
             format!("[default]\naws_access_key_id = {ACCESS_KEY}\naws_secret_access_key = {SECRET_KEY}\n"),
         )
         .unwrap();
-        let p: Vec<u16> = (0..12).map(|_| free_port()).collect();
+        // Twelve distinct ports: a pick that is still free can come up twice.
+        let mut p: Vec<u16> = Vec::new();
+        while p.len() < 12 {
+            let port = free_port();
+            if !p.contains(&port) {
+                p.push(port);
+            }
+        }
         let s3_port = p[0];
         let log = |name: &str| std::fs::File::create(d.join(name)).unwrap();
         // `HOST:PORT.GRPC`: without it the volume server assumes the gRPC port is PORT+10000.
@@ -92,7 +127,7 @@ impl Seaweed {
             .stderr(log("volume2.err"))
             .spawn()
             .expect("run weed volume");
-        let sw = Seaweed {
+        let mut sw = Seaweed {
             dir,
             s3_port,
             procs: vec![server, volume2],
@@ -103,20 +138,32 @@ impl Seaweed {
             ureq::get(&sw.endpoint()).call(),
             Ok(_) | Err(ureq::Error::StatusCode(_))
         ) {
-            if t.elapsed() > Duration::from_secs(60) {
+            let exited = sw
+                .procs
+                .iter_mut()
+                .any(|p| matches!(p.try_wait(), Ok(Some(_))));
+            if exited || t.elapsed() > Duration::from_secs(60) {
                 let tail = |n: &str| {
                     let t = std::fs::read_to_string(sw.dir.path().join(n)).unwrap_or_default();
-                    t.lines().rev().take(15).collect::<Vec<_>>().join("\n")
+                    let lines: Vec<&str> = t.lines().collect();
+                    lines[lines.len().saturating_sub(15)..].join("\n")
                 };
-                panic!(
-                    "SeaweedFS's S3 gateway did not come up in 60s\nserver.err:\n{}\nvolume2.err:\n{}",
+                let why = if exited {
+                    "a SeaweedFS process exited"
+                } else {
+                    "the S3 gateway did not come up in 60s"
+                };
+                let why = format!(
+                    "{why}\nserver.err (last lines):\n{}\nvolume2.err (last lines):\n{}",
                     tail("server.err"),
                     tail("volume2.err")
                 );
+                sw.stop();
+                return Err(why);
             }
             std::thread::sleep(Duration::from_millis(100));
         }
-        sw
+        Ok(sw)
     }
 
     pub fn endpoint(&self) -> String {
