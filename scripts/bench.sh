@@ -3,17 +3,17 @@
 # it measures against from Debian if they are missing, runs every part side by side with its
 # anchor in one run (medians of RUNS runs), and prints one table:
 #   measure | lancached | anchor | ratio | goal | met?
-# The parts are scripts/bench/{http,https,dns,startup,uplink}.sh, which also run stand-alone; each prints
+# The parts are scripts/bench/{http,https,dns,startup,uplink,hf}.sh, which also run stand-alone; each prints
 # `RESULT key=value` lines, collected here. Loopback and the script's own network namespace only.
 # See docs/benchmarks.md.
 #   usage: scripts/bench.sh
-#   env:   RUNS=5 (medians of), SKIP_BUILD=1, PARTS=http,https,dns,startup,uplink, LOG=<file for all output>,
+#   env:   RUNS=5 (medians of), SKIP_BUILD=1, PARTS=http,https,dns,startup,uplink,hf, LOG=<file for all output>,
 #          and each part's own (SIZE_MIB, BYTES_MIB, LINK_MIB, LINK_RATE, SECS, BLOBS, ...)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$(pwd)
 export RUNS=${RUNS:-5}
-PARTS=${PARTS:-http,https,dns,startup,uplink}
+PARTS=${PARTS:-http,https,dns,startup,uplink,hf}
 log=${LOG:-$(mktemp /tmp/lancache-bench.XXXXXX.log)}
 
 # Debian peers: "command package" pairs; install only what is missing.
@@ -126,6 +126,20 @@ row() {
   if [[ ,$PARTS, == *,uplink,* ]]; then
     row "upstream rate under a ${CAP:-100Mbit} cap, ~30 s fill (Mbit/s)" uplink.capped.mbps uplink.cap.mbps "the cap" within 0.05 1
     row "hit while the capped fill runs (GiB/s)" uplink.hit_during.gibps uplink.hit_idle.gibps "hit, no fill running" ge 0.9
+  fi
+  if [[ ,$PARTS, == *,hf,* ]]; then
+    n=${HF_CLIENTS:-16}
+    row "HF upstream bytes / repo size, $n concurrent cold snapshot_downloads" hf.cold.lancached.upstream_ratio hf.cold.olah.upstream_ratio "olah" eq 1.00
+    row "HF cold, $n concurrent snapshot_downloads (GiB/s, all clients)" hf.cold.lancached.gibps hf.cold.olah.gibps "olah" peer ""
+    row "HF cold, $n concurrent snapshot_downloads (GiB/s, all clients)" hf.cold.lancached.gibps hf.cold.direct.gibps "direct from the stand-in, ${n}× the bytes" peer ""
+    row "HF warm, $n concurrent snapshot_downloads (GiB/s, all clients)" hf.warm.lancached.gibps hf.warm.direct.gibps "nginx stand-in" ge 0.9
+    row "HF warm, $n concurrent snapshot_downloads (GiB/s, all clients)" hf.warm.lancached.gibps hf.warm.olah.gibps "olah" peer ""
+    row "HF hit, 1 stream (GiB/s)" hf.hit1.lancached.gibps hf.hit1.nginx.gibps "nginx sendfile" ge 1.0
+    row "HF hit, 16 ranges (GiB/s)" hf.hit16.lancached.gibps hf.hit16.nginx.gibps "nginx sendfile" ge 1.0
+    row "HF hit, 1 stream (GiB/s)" hf.hit1.lancached.gibps hf.hit1.olah.gibps "olah" peer ""
+    row "HF hit server CPU-s per GiB, 1 stream" hf.hit1.lancached.cpu_s_per_gib hf.hit1.nginx.cpu_s_per_gib "nginx" le 1.0 3
+    row "HF hit over TLS (huggingface.co), HTTP/1.1, 1 stream (GiB/s)" hf.tls.h1.1.lancached.gibps hf.tls.h1.1.nginx.gibps "nginx TLS" ge 1.0
+    row "HF hit over TLS (huggingface.co), h2, 16 ranges (GiB/s)" hf.tls.h2.16.lancached.gibps hf.tls.h2.16.nginx.gibps "nginx TLS" ge 1.0
   fi
   if [[ ,$PARTS, == *,startup,* ]]; then
     row "start-up to READY=1, ${BLOBS:-10000} blobs, index present (ms)" startup.warm_index.ready_ms "" "" absle 100 1

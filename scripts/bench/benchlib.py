@@ -354,7 +354,7 @@ class LocalServer:
 
 class Lancached(LocalServer):
     def __init__(self, work, upstream_url, cache=None, http_port=None, name="lancached",
-                 log_filter="warn", extra_cache="", env=None, tls_port=None):
+                 log_filter="warn", extra_cache="", env=None, tls_port=None, extra=""):
         self.work, self.name = work, name
         self.tls_port = tls_port
         tls_listen = f'"127.0.0.1:{tls_port}"' if tls_port else ""
@@ -382,6 +382,7 @@ ca_dir = "{work}/{name}-ca"
 socket = "{work}/{name}-ctl.sock"
 [log]
 filter = "{log_filter}"
+{extra}
 """)
         self.env = dict(os.environ)
         for k in ("NOTIFY_SOCKET", "LISTEN_FDS", "LISTEN_PID", "LISTEN_FDNAMES", "RUST_LOG"):

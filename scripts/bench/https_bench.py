@@ -40,15 +40,15 @@ def say(msg):
     print(msg, flush=True)
 
 
-def nginx_leaf(work, ca_dir):
-    """An ECDSA P-256 leaf for NAME from the cache's CA, like the ones lancached issues."""
+def nginx_leaf(work, ca_dir, name=NAME):
+    """An ECDSA P-256 leaf for `name` from the cache's CA, like the ones lancached issues."""
     key, csr, crt = (os.path.join(work, f"nginx-tls.{x}") for x in ("key", "csr", "crt"))
     ext = os.path.join(work, "nginx-tls.ext")
-    open(ext, "w").write(f"subjectAltName=DNS:{NAME}\nextendedKeyUsage=serverAuth\n"
+    open(ext, "w").write(f"subjectAltName=DNS:{name}\nextendedKeyUsage=serverAuth\n"
                          "keyUsage=critical,digitalSignature\nbasicConstraints=critical,CA:FALSE\n")
     run = lambda *c: subprocess.run(list(c), check=True, capture_output=True)
     run("openssl", "req", "-new", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
-        "-keyout", key, "-out", csr, "-subj", f"/CN={NAME}")
+        "-keyout", key, "-out", csr, "-subj", f"/CN={name}")
     run("openssl", "x509", "-req", "-in", csr, "-CA", os.path.join(ca_dir, "ca.crt"),
         "-CAkey", os.path.join(ca_dir, "ca.key"), "-CAcreateserial", "-days", "2", "-sha256",
         "-extfile", ext, "-out", crt)
@@ -92,11 +92,12 @@ def client_cpu():
     return r.ru_utime + r.ru_stime
 
 
-def fetch(port, path, ca, proto, parts, suites="go", max_frame="1048576"):
-    """One download with the bench client; returns (seconds, cipher, client CPU-s)."""
+def fetch(port, path, ca, proto, parts, suites="go", max_frame="1048576", sni=NAME, size=None):
+    """One download with the bench client (`sni` is also the Host it sends); returns (seconds,
+    cipher, client CPU-s)."""
     c0 = client_cpu()
-    out = subprocess.run([CLIENT, "--addr", f"127.0.0.1:{port}", "--sni", NAME, "--ca", ca,
-                          "--path", path, "--size", str(SIZE), "--parts", str(parts),
+    out = subprocess.run([CLIENT, "--addr", f"127.0.0.1:{port}", "--sni", sni, "--ca", ca,
+                          "--path", path, "--size", str(size or SIZE), "--parts", str(parts),
                           "--proto", proto, "--suites", suites,
                           "--max-frame", max_frame], check=True, capture_output=True, text=True).stdout
     kv = dict(f.split("=", 1) for f in out.split())
