@@ -121,6 +121,8 @@ fn wire_cache(state: &Arc<State>) {
     state.set_prefetcher(Arc::new(crate::proxy::prefetch::ProxyPrefetcher::new(
         state,
     )));
+    // The hub cache's snapshots take part in prune and eviction beside the models.
+    state.set_tenants(vec![Arc::new(crate::hub::tenant::HubTenant::new(state))]);
     tokio::spawn(crate::proxy::resume_leftovers(state.clone()));
 }
 

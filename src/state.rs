@@ -15,6 +15,7 @@ use tokio::sync::watch;
 use crate::config::{Config, ConfigSource};
 use crate::store::eviction::Lifecycle;
 use crate::store::prefetch::Prefetcher;
+use crate::store::tenant::Tenant;
 use crate::store::{Index, Layout, Pins};
 
 pub struct State {
@@ -41,6 +42,8 @@ pub struct State {
     pub lifecycle: Lifecycle,
     /// The fill engine's prefetch entry point, once wired in.
     prefetcher: OnceLock<Arc<dyn Prefetcher>>,
+    /// Content beside the models that prune and eviction plan over (the hub cache), once wired in.
+    tenants: OnceLock<Vec<Arc<dyn Tenant>>>,
     /// The cache's CA and the leaf certificates in force (HTTPS, `/ca.crt`, `lancachectl ca`).
     pub tls: crate::tls::TlsState,
     /// The caching registry proxy: upstream client, fills in flight, cache counters.
@@ -76,6 +79,7 @@ impl State {
             sessions: Default::default(),
             lifecycle: Lifecycle::default(),
             prefetcher: OnceLock::new(),
+            tenants: OnceLock::new(),
             tls: Default::default(),
             pins,
             proxy,
@@ -126,6 +130,16 @@ impl State {
 
     pub fn prefetcher(&self) -> Option<&Arc<dyn Prefetcher>> {
         self.prefetcher.get()
+    }
+
+    /// Connects prune and eviction to the content beside the models (once; later calls are
+    /// ignored).
+    pub fn set_tenants(&self, t: Vec<Arc<dyn Tenant>>) {
+        let _ = self.tenants.set(t);
+    }
+
+    pub fn tenants(&self) -> &[Arc<dyn Tenant>] {
+        self.tenants.get().map(Vec::as_slice).unwrap_or(&[])
     }
 
     /// A receiver that wakes when the configuration changes.

@@ -1,7 +1,7 @@
 //! Human-readable rendering of the daemon's answers, fitting 80 columns (long model names are
 //! shortened with an ellipsis; `--json` always has them whole).
 
-use lancache_protocol::{ModelInfo, PruneReport, Response, Stats};
+use lancache_protocol::{HubRepoInfo, ModelInfo, PruneReport, Response, Stats};
 use std::fmt::Write;
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -141,7 +141,18 @@ pub fn human(resp: &Response, ca_path: bool, st: Style) -> String {
                 );
             }
         }
-        Response::Models { models } => models_table(&mut o, models, st),
+        Response::Models { models, hub } => {
+            if models.is_empty() && hub.is_empty() {
+                let _ = writeln!(o, "no models cached");
+            } else {
+                if !models.is_empty() {
+                    models_table(&mut o, models, st);
+                }
+                if !hub.is_empty() {
+                    hub_table(&mut o, hub, st);
+                }
+            }
+        }
         Response::Pruned(p) => prune_table(&mut o, p, st),
         Response::Prefetch { fills } => {
             for (name, m) in crate::prefetch::group(fills) {
@@ -421,10 +432,6 @@ fn stats(o: &mut String, s: &Stats, st: Style) {
 }
 
 fn models_table(o: &mut String, models: &[ModelInfo], st: Style) {
-    if models.is_empty() {
-        let _ = writeln!(o, "no models cached");
-        return;
-    }
     let now = now();
     let _ = writeln!(
         o,
@@ -458,6 +465,65 @@ fn models_table(o: &mut String, models: &[ModelInfo], st: Style) {
         o,
         "{} models, {} (shared blobs counted once per model)",
         models.len(),
+        bytes(total)
+    );
+}
+
+/// Hugging Face repos, one line per revision held (`hf:org/name@ref`, or `@<commit>`).
+fn hub_table(o: &mut String, repos: &[HubRepoInfo], st: Style) {
+    let now = now();
+    let _ = writeln!(
+        o,
+        "{}",
+        st.bold(
+            format!(
+                "{:<36} {:>10}  {:<8}  {:<10}  {:<7}",
+                "HUGGING FACE", "SIZE", "STATE", "LAST USED", "SOURCE"
+            )
+            .trim_end()
+        )
+    );
+    let mut total = 0;
+    let mut revisions = 0;
+    for r in repos {
+        total += r.size;
+        for v in &r.revisions {
+            revisions += 1;
+            let name = match v.refs.first() {
+                Some(rf) => format!("{}@{rf}", r.name),
+                None => format!("{}@{}", r.name, &v.commit[..v.commit.len().min(12)]),
+            };
+            let state = if v.complete {
+                format!("{:<8}", "complete")
+            } else {
+                st.yellow(&format!("{:<8}", "partial"))
+            };
+            let _ = writeln!(
+                o,
+                "{:<36} {:>10}  {state}  {:<10}  {:<7}",
+                fit(&name, 36),
+                bytes(v.size),
+                ago(v.last_used, now),
+                if v.fetched { "fetched" } else { "local" }
+            );
+            let _ = writeln!(
+                o,
+                "  {} commit {} {} files",
+                if r.kind == "dataset" {
+                    "dataset"
+                } else {
+                    "model"
+                },
+                v.commit,
+                v.files
+            );
+        }
+    }
+    let _ = writeln!(
+        o,
+        "{} repos, {} revisions, {} (files shared by revisions counted once)",
+        repos.len(),
+        revisions,
         bytes(total)
     );
 }
@@ -503,7 +569,9 @@ fn prune_table(o: &mut String, p: &PruneReport, st: Style) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use lancache_protocol::{CacheStats, DnsStats, LifecycleStats, ModelUse, PrunedModel};
+    use lancache_protocol::{
+        CacheStats, DnsStats, HubRevision, LifecycleStats, ModelUse, PrunedModel,
+    };
 
     #[test]
     fn stats_fit_80_columns() {
@@ -570,6 +638,21 @@ mod tests {
         let text = human(
             &Response::Models {
                 models: vec![m.clone(), m],
+                hub: vec![HubRepoInfo {
+                    name: "hf:datasets/some-organisation/a-long-dataset-name".into(),
+                    kind: "dataset".into(),
+                    size: 999 << 30,
+                    last_used: None,
+                    revisions: vec![HubRevision {
+                        commit: "c".repeat(40),
+                        refs: vec!["main".into()],
+                        files: 12,
+                        size: 999 << 30,
+                        complete: true,
+                        last_used: None,
+                        fetched: false,
+                    }],
+                }],
             },
             false,
             Style::plain(),

@@ -73,12 +73,18 @@ async fn models(state: &Arc<State>) -> Response {
     let s = state.clone();
     match tokio::task::spawn_blocking(move || {
         let entries = s.index.manifests().unwrap_or_default();
-        crate::store::models::list(&s.layout, &entries)
+        let units = s.index.units().unwrap_or_default();
+        let hub = crate::hub::inventory::list(&s.hub.cache);
+        (crate::store::models::list(&s.layout, &entries), hub, units)
     })
     .await
     {
-        Ok(models) => Response::Models {
+        Ok((models, hub, units)) => Response::Models {
             models: models.into_iter().map(Into::into).collect(),
+            hub: hub
+                .iter()
+                .map(|r| super::wire::hub_repo(r, &units))
+                .collect(),
         },
         Err(e) => error(ErrorKind::Failed, format!("listing models: {e}")),
     }
@@ -93,7 +99,15 @@ async fn prune(state: &Arc<State>, p: PruneRequest) -> Response {
         );
     }
     let mut models = Vec::new();
+    let mut units = Vec::new();
     for n in &p.models {
+        if crate::hub::repo::HubRef::is_hub_name(n) {
+            match hub_units(state, n).await {
+                Ok(u) => units.extend(u),
+                Err(e) => return e,
+            }
+            continue;
+        }
         match crate::store::ModelRef::parse(n) {
             Ok(m) => models.push(m),
             Err(e) => return error(ErrorKind::BadRequest, e.to_string()),
@@ -108,6 +122,7 @@ async fn prune(state: &Arc<State>, p: PruneRequest) -> Response {
         max_size: p.max_size,
         free_bytes: None,
         models,
+        units,
         include_local: p.include_local || config.cache.evict_local,
         dry_run: p.dry_run,
         partial_older_than: p.older_than_secs.unwrap_or(STALE_PARTIAL_SECS),
@@ -120,6 +135,7 @@ async fn prune(state: &Arc<State>, p: PruneRequest) -> Response {
             index: &s.index,
             pins: &s.pins,
             deferred: &s.lifecycle.deferred,
+            tenants: s.tenants(),
         };
         crate::store::prune::prune(&store, &criteria)
     })
@@ -144,6 +160,39 @@ async fn prune(state: &Arc<State>, p: PruneRequest) -> Response {
         Ok(Err(e @ PruneError::Refused(_))) => error(ErrorKind::Failed, e.to_string()),
         Err(e) => error(ErrorKind::Failed, format!("prune: {e}")),
     }
+}
+
+/// The tenant units `hf:org/name[@rev]` names: one snapshot (a revision or commit), or every
+/// snapshot of the repo.
+async fn hub_units(state: &Arc<State>, name: &str) -> Result<Vec<String>, Response> {
+    use crate::hub::repo::HubRef;
+    let h = HubRef::parse(name).map_err(|e| error(ErrorKind::BadRequest, e))?;
+    let s = state.clone();
+    let r = h.repo.clone();
+    let repo = tokio::task::spawn_blocking(move || crate::hub::inventory::repo(&s.hub.cache, &r))
+        .await
+        .map_err(|e| error(ErrorKind::Failed, format!("listing {name}: {e}")))?;
+    let commits: Vec<&str> = match &h.rev {
+        None => repo.snapshots.iter().map(|s| s.commit.as_str()).collect(),
+        Some(rev) => {
+            let c = repo.refs.get(rev).map(String::as_str).unwrap_or(rev);
+            repo.snapshots
+                .iter()
+                .filter(|s| s.commit == c)
+                .map(|s| s.commit.as_str())
+                .collect()
+        }
+    };
+    if commits.is_empty() {
+        return Err(error(
+            ErrorKind::NotFound,
+            format!("{name} is not in the cache (see `lancachectl models`)"),
+        ));
+    }
+    Ok(commits
+        .into_iter()
+        .map(|c| crate::hub::tenant::unit_key(&h.repo, c))
+        .collect())
 }
 
 /// `lancachectl import`: the tar arrives on the control connection (`reader`, blocking). Staging
@@ -223,6 +272,20 @@ fn parse_names(names: &[String]) -> Result<Vec<crate::store::ModelRef>, String> 
 const NO_PREFETCHER: &str = "prefetch is not available: no fill engine is installed in this daemon; pull the model once with `ollama pull` through the cache instead";
 
 async fn prefetch(state: &Arc<State>, names: Vec<String>) -> Response {
+    let (hub, names) = match split_hub(names) {
+        Ok(x) => x,
+        Err(e) => return error(ErrorKind::BadRequest, e),
+    };
+    let mut fills = Vec::new();
+    for h in &hub {
+        match crate::hub::prefetch::start(state, h).await {
+            Ok(name) => fills.extend(hub_progress(state, &name)),
+            Err(e) => return error(ErrorKind::Failed, format!("cannot prefetch {h}: {e}")),
+        }
+    }
+    if names.is_empty() && !hub.is_empty() {
+        return Response::Prefetch { fills };
+    }
     let models = match parse_names(&names) {
         Ok(m) if m.is_empty() => return error(ErrorKind::BadRequest, "name at least one model"),
         Ok(m) => m,
@@ -240,12 +303,56 @@ async fn prefetch(state: &Arc<State>, names: Vec<String>) -> Response {
         }
         tracing::info!(model = %m, "prefetch started");
     }
-    Response::Prefetch {
-        fills: progress_of(&*p, &models),
+    fills.extend(progress_of(&*p, &models));
+    Response::Prefetch { fills }
+}
+
+/// The `hf:…` names (canonical, in order, without repeats) apart from the others.
+fn split_hub(names: Vec<String>) -> Result<(Vec<crate::hub::repo::HubRef>, Vec<String>), String> {
+    use crate::hub::repo::HubRef;
+    let mut hub: Vec<HubRef> = Vec::new();
+    let mut rest = Vec::new();
+    for n in names {
+        if HubRef::is_hub_name(&n) {
+            let mut h = HubRef::parse(&n)?;
+            h.rev = Some(h.rev_or_main().to_string());
+            if !hub.contains(&h) {
+                hub.push(h);
+            }
+        } else {
+            rest.push(n);
+        }
+    }
+    Ok((hub, rest))
+}
+
+/// A Hub prefetch's files, or one "pending" entry while it has none.
+fn hub_progress(state: &Arc<State>, name: &str) -> Vec<FillProgress> {
+    match state.hub.prefetch.progress(state, name) {
+        Some(files) if !files.is_empty() => files.into_iter().map(Into::into).collect(),
+        _ => vec![FillProgress {
+            model: Some(name.to_string()),
+            digest: String::new(),
+            size: 0,
+            landed: 0,
+            waiters: 0,
+            state: "pending".into(),
+        }],
     }
 }
 
 fn fill_progress(state: &Arc<State>, names: Vec<String>) -> Response {
+    let (hub, names) = match split_hub(names) {
+        Ok(x) => x,
+        Err(e) => return error(ErrorKind::BadRequest, e),
+    };
+    let mut fills: Vec<FillProgress> = hub
+        .iter()
+        .flat_map(|h| hub_progress(state, &h.to_string()))
+        .collect();
+    if names.is_empty() && !hub.is_empty() {
+        return Response::Prefetch { fills };
+    }
     let models = match parse_names(&names) {
         Ok(m) => m,
         Err(e) => return error(ErrorKind::BadRequest, e),
@@ -253,9 +360,8 @@ fn fill_progress(state: &Arc<State>, names: Vec<String>) -> Response {
     let Some(p) = state.prefetcher() else {
         return error(ErrorKind::Unsupported, NO_PREFETCHER);
     };
-    Response::Prefetch {
-        fills: progress_of(&**p, &models),
-    }
+    fills.extend(progress_of(&**p, &models));
+    Response::Prefetch { fills }
 }
 
 /// The engine's progress, with a "pending" entry for each asked-for model it has nothing on

@@ -14,6 +14,8 @@ use crate::store::eviction::{self, LifecycleSnapshot};
 use crate::store::fill::FillStage;
 use crate::store::models::CachedModel;
 use crate::store::prefetch::{BlobProgress, Owner};
+#[cfg(test)]
+use crate::store::prune::Pruned;
 use crate::store::prune::{PruneReport, PrunedModel};
 use crate::store::stats::{CacheSnapshot, Counts, RegistryCounts};
 
@@ -149,7 +151,7 @@ impl From<PrunedModel> for wire::PrunedModel {
     fn from(m: PrunedModel) -> Self {
         wire::PrunedModel {
             // The form the user typed and `ollama list` shows.
-            name: m.model.short_name(),
+            name: m.what.name(),
             bytes: m.bytes,
             last_used: m.last_used.map(secs),
         }
@@ -196,6 +198,62 @@ impl From<LifecycleSnapshot> for wire::LifecycleStats {
             indexing: s.indexing,
             top_models: s.top_models.into_iter().map(Into::into).collect(),
         }
+    }
+}
+
+impl From<crate::hub::prefetch::FileProgress> for wire::FillProgress {
+    fn from(f: crate::hub::prefetch::FileProgress) -> Self {
+        wire::FillProgress {
+            model: Some(f.name),
+            digest: f.hash,
+            size: f.size,
+            landed: f.landed.min(f.size),
+            waiters: 0,
+            state: state_text(&f.state),
+        }
+    }
+}
+
+/// A hub cache repo as `lancachectl models` shows it; `units` is the index's usage by
+/// snapshot ([`crate::hub::tenant::unit_key`]).
+pub fn hub_repo(
+    r: &crate::hub::inventory::Repo,
+    units: &std::collections::HashMap<String, crate::store::index::Entry>,
+) -> wire::HubRepoInfo {
+    let revisions: Vec<wire::HubRevision> = r
+        .snapshots
+        .iter()
+        .map(|s| {
+            let e = units.get(&crate::hub::tenant::unit_key(&r.repo, &s.commit));
+            wire::HubRevision {
+                commit: s.commit.clone(),
+                refs: s.refs.clone(),
+                files: s.files.len() as u64,
+                size: s.size(),
+                complete: s.complete(),
+                last_used: e.map(|e| e.last_access).filter(|&t| t > 0).or(s.modified),
+                fetched: e.is_some_and(|e| e.fetched),
+            }
+        })
+        .collect();
+    let mut seen = std::collections::BTreeSet::new();
+    let size = r
+        .snapshots
+        .iter()
+        .flat_map(|s| s.files.iter())
+        .filter(|(_, h, _)| seen.insert(h.clone()))
+        .map(|(_, _, n)| n)
+        .sum();
+    wire::HubRepoInfo {
+        name: r.repo.hub_name(),
+        kind: match r.repo.kind {
+            crate::hub::repo::Kind::Model => "model",
+            crate::hub::repo::Kind::Dataset => "dataset",
+        }
+        .into(),
+        size,
+        last_used: revisions.iter().filter_map(|v| v.last_used).max(),
+        revisions,
     }
 }
 
@@ -413,12 +471,12 @@ mod tests {
             dry_run: true,
             removed: vec![
                 PrunedModel {
-                    model: model("tiny:1b"),
+                    what: Pruned::Model(model("tiny:1b")),
                     bytes: 7,
                     last_used: Some(at(99)),
                 },
                 PrunedModel {
-                    model: model("hf.co/bartowski/x-gguf:q4"),
+                    what: Pruned::Unit("hf:o/n@main".into()),
                     bytes: 8,
                     last_used: None,
                 },
@@ -438,7 +496,7 @@ mod tests {
                         last_used: Some(99),
                     },
                     wire::PrunedModel {
-                        name: "hf.co/bartowski/x-gguf:q4".into(),
+                        name: "hf:o/n@main".into(),
                         bytes: 8,
                         last_used: None,
                     },

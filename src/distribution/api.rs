@@ -4,6 +4,7 @@
 
 use http::{Request, Response, StatusCode};
 use serde_json::{json, Value};
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::UNIX_EPOCH;
 
@@ -12,6 +13,7 @@ use super::public_url::public_url;
 use crate::http::body::{self, Body};
 use crate::http::Peer;
 use crate::state::State;
+use crate::store::index::Entry;
 
 fn base_url<B>(req: &Request<B>, peer: Peer, state: &State) -> String {
     public_url(&state.config(), req.headers(), peer.local, peer.tls)
@@ -53,8 +55,40 @@ fn model_json(m: &Model, base: &str) -> Value {
     })
 }
 
-/// `GET /api/models`: a JSON array (`[]` when the cache is empty); `?format=text` gives one
-/// tab-separated line per model (short name, full name, ID, size, complete) for shell scripts.
+/// A Hugging Face repo of the hub cache: `"kind": "huggingface"` sets it apart from the
+/// Ollama entries (which have no `kind`, exactly as before), `"type"` is `model` or `dataset`.
+fn hub_json(r: &crate::hub::inventory::Repo, units: &HashMap<String, Entry>, base: &str) -> Value {
+    let info = crate::control::wire::hub_repo(r, units);
+    let dataset = r.repo.kind == crate::hub::repo::Kind::Dataset;
+    let kind_flag = if dataset { " --repo-type dataset" } else { "" };
+    json!({
+        "kind": "huggingface",
+        "type": info.kind,
+        "name": info.name,
+        "repo": r.repo.id,
+        "size": info.size,
+        "complete": !info.revisions.is_empty() && info.revisions.iter().all(|v| v.complete),
+        "last_used_unix": info.last_used,
+        "revisions": info.revisions.iter().map(|v| json!({
+            "commit": v.commit,
+            "refs": v.refs,
+            "files": v.files,
+            "size": v.size,
+            "complete": v.complete,
+            "last_used_unix": v.last_used,
+            "fetched": v.fetched,
+        })).collect::<Vec<_>>(),
+        "commands": {
+            "env": format!("export HF_ENDPOINT={base}/hf"),
+            "download": format!("HF_ENDPOINT={base}/hf hf download {}{kind_flag}", r.repo.id),
+        },
+    })
+}
+
+/// `GET /api/models`: a JSON array (`[]` when the cache is empty): the Ollama models, then the
+/// Hugging Face repos (`"kind": "huggingface"`); `?kind=ollama` or `?kind=huggingface` keeps
+/// one of them. `?format=text` gives one tab-separated line per Ollama model (short name, full
+/// name, ID, size, complete) for shell scripts.
 pub async fn models<B>(req: &Request<B>, peer: Peer, state: &Arc<State>) -> Response<Body> {
     let snap = super::catalog::current(state).await;
     if req.uri().query() == Some("format=text") {
@@ -79,7 +113,27 @@ pub async fn models<B>(req: &Request<B>, peer: Peer, state: &Arc<State>) -> Resp
         return r;
     }
     let base = base_url(req, peer, state);
-    let list: Vec<Value> = snap.models.iter().map(|m| model_json(m, &base)).collect();
+    let kind = req
+        .uri()
+        .query()
+        .and_then(|q| q.split('&').find_map(|p| p.strip_prefix("kind=")));
+    let mut list: Vec<Value> = Vec::new();
+    if kind.is_none_or(|k| k == "ollama") {
+        list.extend(snap.models.iter().map(|m| model_json(m, &base)));
+    }
+    if kind.is_none_or(|k| k == "huggingface") {
+        let s = state.clone();
+        let listed = tokio::task::spawn_blocking(move || {
+            (
+                crate::hub::inventory::list(&s.hub.cache),
+                s.index.units().unwrap_or_default(),
+            )
+        })
+        .await;
+        if let Ok((repos, units)) = listed {
+            list.extend(repos.iter().map(|r| hub_json(r, &units, &base)));
+        }
+    }
     body::json(StatusCode::OK, &list)
 }
 

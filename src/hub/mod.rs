@@ -14,7 +14,10 @@
 //!   verified by their git blob SHA-1;
 //! - [`layout`]: the hub cache, in `huggingface_hub`'s own layout;
 //! - [`auth`]: which token was accepted for which gated or private repo;
-//! - [`meta`]: metadata answers at a commit, kept for good.
+//! - [`meta`]: metadata answers at a commit, kept for good;
+//! - the operator's side: [`inventory`] (what the hub cache holds, for `lancachectl models`,
+//!   `/api/models` and the web UI), [`tenant`] (its snapshots in prune and eviction),
+//!   [`prefetch`] (`lancachectl prefetch hf:…`).
 //!
 //! No answer sends a client to another host: the CDN redirect is followed cache-side, and
 //! the Xet headers are never passed on, so `hf_xet` clients stay on plain HTTP.
@@ -22,11 +25,14 @@
 pub mod api;
 pub mod auth;
 pub mod fetch;
+pub mod inventory;
 pub mod layout;
 pub mod meta;
+pub mod prefetch;
 pub mod repo;
 pub mod resolve;
 pub mod route;
+pub mod tenant;
 pub mod upstream;
 
 use http::{Request, Response, StatusCode};
@@ -53,6 +59,7 @@ pub struct Hub {
     pub cache: layout::HubCache,
     pub meta: meta::MetaStore,
     pub access: auth::Access,
+    pub prefetch: prefetch::Prefetches,
     /// Small-file downloads in flight, one per blob (so concurrent clients cost upstream once).
     small: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
 }
@@ -64,6 +71,7 @@ impl Hub {
             cache: layout::HubCache::new(cfg.huggingface.dir(&cfg.cache)),
             meta: meta::MetaStore::new(state.join("meta")),
             access: auth::Access::new(state.join("public")),
+            prefetch: Default::default(),
             small: Mutex::default(),
         }
     }

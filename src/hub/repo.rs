@@ -58,6 +58,83 @@ impl RepoId {
     }
 }
 
+/// How the operator names a Hub repo (`lancachectl`, `/api/models`, bundles):
+/// `hf:org/name[@rev]` for a model, `hf:datasets/org/name[@rev]` for a dataset
+/// (`hf:models/org/name` is accepted too). `rev` is a branch, tag, `refs/pr/N` or commit;
+/// without it, `main` (for prefetch and export) or every revision held (for prune).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct HubRef {
+    pub repo: RepoId,
+    pub rev: Option<String>,
+}
+
+/// The operator's prefix for Hub repos (Ollama's names never start with it).
+pub const SCHEME: &str = "hf:";
+
+impl HubRef {
+    pub fn is_hub_name(s: &str) -> bool {
+        s.starts_with(SCHEME)
+    }
+
+    pub fn parse(s: &str) -> Result<HubRef, String> {
+        let rest = s
+            .strip_prefix(SCHEME)
+            .ok_or_else(|| format!("{s:?} is not a Hub name (hf:org/name[@rev])"))?;
+        let (id, rev) = match rest.split_once('@') {
+            Some((id, rev)) => (id, Some(rev)),
+            None => (rest, None),
+        };
+        let (kind, id) = if let Some(id) = id.strip_prefix("datasets/") {
+            (Kind::Dataset, id)
+        } else {
+            (Kind::Model, id.strip_prefix("models/").unwrap_or(id))
+        };
+        let repo = RepoId::new(kind, id).map_err(|e| {
+            format!("{s:?}: {e} (write hf:org/name[@rev] or hf:datasets/org/name[@rev])")
+        })?;
+        if let Some(r) = rev {
+            if !valid_revision(r) {
+                return Err(format!("{s:?}: invalid revision {r:?}"));
+            }
+        }
+        Ok(HubRef {
+            repo,
+            rev: rev.map(str::to_string),
+        })
+    }
+
+    /// The revision, `main` when none was named.
+    pub fn rev_or_main(&self) -> &str {
+        self.rev.as_deref().unwrap_or("main")
+    }
+}
+
+impl RepoId {
+    /// `hf:org/name` or `hf:datasets/org/name`: the operator's name for the repo.
+    pub fn hub_name(&self) -> String {
+        format!("{SCHEME}{}{}", self.kind.url_prefix(), self.id)
+    }
+
+    /// The repo a hub cache folder (`models--org--name`) holds, if it is one.
+    pub fn from_folder(folder: &str) -> Option<RepoId> {
+        let (kind, rest) = folder.split_once("--")?;
+        let kind = match kind {
+            "models" => Kind::Model,
+            "datasets" => Kind::Dataset,
+            _ => return None,
+        };
+        let id = rest.replacen("--", "/", 1);
+        let r = RepoId::new(kind, &id).ok()?;
+        (r.folder() == folder).then_some(r)
+    }
+}
+
+impl std::fmt::Display for HubRef {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}@{}", self.repo.hub_name(), self.rev_or_main())
+    }
+}
+
 /// A repository name segment as the Hub allows them: letters, digits, `-`, `_`, `.`, not
 /// starting with `.` or `-` (so never `.` or `..`), at most 96 bytes.
 fn valid_name(s: &str) -> bool {
@@ -140,5 +217,39 @@ mod tests {
         assert_eq!(encode_segment("refs/pr/1"), "refs%2Fpr%2F1");
         assert_eq!(encode_path("d/a b.txt"), "d/a%20b.txt");
         assert_eq!(decode("refs%2Fpr%2F1").unwrap(), "refs/pr/1");
+    }
+
+    #[test]
+    fn operator_names() {
+        let r = HubRef::parse("hf:org/name").unwrap();
+        assert_eq!(
+            (r.repo.kind, r.repo.id.as_str(), r.rev.clone()),
+            (Kind::Model, "org/name", None)
+        );
+        assert_eq!(r.to_string(), "hf:org/name@main");
+        let r = HubRef::parse("hf:datasets/o/d@refs/pr/1").unwrap();
+        assert_eq!(r.repo.kind, Kind::Dataset);
+        assert_eq!(r.to_string(), "hf:datasets/o/d@refs/pr/1");
+        assert_eq!(
+            HubRef::parse("hf:models/gpt2@v1").unwrap().repo.hub_name(),
+            "hf:gpt2"
+        );
+        for bad in [
+            "org/name",
+            "hf:",
+            "hf:a/b/c",
+            "hf:o/n@",
+            "hf:o/n@../x",
+            "hf:../x",
+        ] {
+            assert!(HubRef::parse(bad).is_err(), "{bad}");
+        }
+        assert!(HubRef::is_hub_name("hf:x") && !HubRef::is_hub_name("hf.co/u/r:q"));
+        let f = RepoId::new(Kind::Dataset, "o/n").unwrap();
+        assert_eq!(RepoId::from_folder(&f.folder()), Some(f));
+        assert_eq!(RepoId::from_folder("models--gpt2").unwrap().id, "gpt2");
+        for bad in ["spaces--o--n", "models--..", "models--a--.b", "models"] {
+            assert_eq!(RepoId::from_folder(bad), None, "{bad}");
+        }
     }
 }

@@ -155,7 +155,7 @@ fn unquote(v: &str) -> String {
 }
 
 /// Fetches, verifies and stores a small file once, however many clients ask at once.
-async fn fetch_small(
+pub(crate) async fn fetch_small(
     ctx: &Ctx<'_>,
     repo: &RepoId,
     commit: &str,
@@ -204,7 +204,11 @@ async fn fetch_small(
     }
     hub.cache
         .link_snapshot(repo, commit, path, sha1)
-        .map_err(|e| bad_gateway(format!("cannot link {path}: {e}")))
+        .map_err(|e| bad_gateway(format!("cannot link {path}: {e}")))?;
+    ctx.state
+        .index
+        .record_fetched_unit(&super::tenant::unit_key(repo, commit));
+    Ok(())
 }
 
 /// Git's blob id: SHA-1 of `blob <len>\0<bytes>`.
@@ -295,13 +299,24 @@ async fn serve_lfs<B>(
 }
 
 /// Hardlinks a published LFS blob into the hub cache and links its snapshot entry.
-fn link_lfs(state: &crate::state::State, repo: &RepoId, commit: &str, path: &str, d: &Digest) {
+pub(crate) fn link_lfs(
+    state: &crate::state::State,
+    repo: &RepoId,
+    commit: &str,
+    path: &str,
+    d: &Digest,
+) {
     let hub = &state.hub.cache;
     let r = hub
         .link_blob(repo, d.hex(), &state.layout.blob_path(d))
         .and_then(|()| hub.link_snapshot(repo, commit, path, d.hex()));
-    if let Err(e) = r {
-        tracing::warn!(repo = %repo.key(), %path, "hub: cannot link {d} into the hub cache: {e}");
+    match r {
+        Ok(()) => state
+            .index
+            .record_fetched_unit(&super::tenant::unit_key(repo, commit)),
+        Err(e) => {
+            tracing::warn!(repo = %repo.key(), %path, "hub: cannot link {d} into the hub cache: {e}")
+        }
     }
 }
 
@@ -316,6 +331,9 @@ fn serve_found<B>(
         .proxy
         .counters
         .count(super::ORIGIN, Event::BlobHit);
+    ctx.state
+        .index
+        .touch_unit(&super::tenant::unit_key(repo, commit));
     serve_file(ctx, req, repo, commit, f)
 }
 

@@ -85,6 +85,7 @@ fn store(state: &State) -> Store<'_> {
         index: &state.index,
         pins: &state.pins,
         deferred: &state.lifecycle.deferred,
+        tenants: state.tenants(),
     }
 }
 
@@ -216,7 +217,7 @@ fn count_eviction(state: &State, r: &PruneReport) {
 
 /// Re-measures usage and recounts models.
 fn refresh(state: &State) -> Usage {
-    let u = usage::measure(&state.layout);
+    let u = usage::measure_with(&state.layout, state.tenants());
     state.lifecycle.set_usage(u);
     let models = state.layout.list_manifests();
     let entries = state.index.manifests().unwrap_or_default();

@@ -36,6 +36,8 @@ type Record = (u64, u64, bool);
 const MANIFESTS: TableDefinition<&str, Record> = TableDefinition::new("manifests");
 /// Keyed by the digest's 64 hex characters.
 const BLOBS: TableDefinition<&str, Record> = TableDefinition::new("blobs");
+/// Keyed by a [`super::tenant::Unit`]'s key (opaque here): the hub cache's snapshots.
+const UNITS: TableDefinition<&str, Record> = TableDefinition::new("units");
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 const SCHEMA_VERSION: u64 = 1;
 
@@ -76,6 +78,8 @@ struct Pending {
     blobs: HashMap<String, Entry>,
     forget_manifests: Vec<String>,
     forget_blobs: Vec<String>,
+    units: HashMap<String, Entry>,
+    forget_units: Vec<String>,
 }
 
 impl Pending {
@@ -84,6 +88,8 @@ impl Pending {
             && self.blobs.is_empty()
             && self.forget_manifests.is_empty()
             && self.forget_blobs.is_empty()
+            && self.units.is_empty()
+            && self.forget_units.is_empty()
     }
 }
 
@@ -196,6 +202,34 @@ impl Index {
         let mut p = self.pending.lock().unwrap();
         p.blobs.remove(&key);
         p.forget_blobs.push(key);
+    }
+
+    /// A client used this tenant unit (a hub snapshot's file was served).
+    pub fn touch_unit(&self, key: &str) {
+        self.add_unit(key, 1, false);
+    }
+
+    /// The daemon wrote this unit from upstream (or an import): it is ours to evict.
+    pub fn record_fetched_unit(&self, key: &str) {
+        self.add_unit(key, 0, true);
+    }
+
+    fn add_unit(&self, key: &str, hits: u64, fetched: bool) {
+        let e = Entry {
+            last_access: now_secs(),
+            hits,
+            fetched,
+        };
+        let mut p = self.pending.lock().unwrap();
+        let slot = p.units.entry(key.to_string()).or_default();
+        *slot = slot.merge(e);
+    }
+
+    /// The unit was removed from the cache.
+    pub fn forget_unit(&self, key: &str) {
+        let mut p = self.pending.lock().unwrap();
+        p.units.remove(key);
+        p.forget_units.push(key.to_string());
     }
 
     // ---- opening, rebuilding, flushing (blocking; run on a blocking thread) ----
@@ -328,6 +362,15 @@ impl Index {
                 let merged = old.map(|o| o.merge(*e)).unwrap_or(*e);
                 t.insert(key.as_str(), merged.record())?;
             }
+            let mut t = tx.open_table(UNITS)?;
+            for key in &pending.forget_units {
+                t.remove(key.as_str())?;
+            }
+            for (key, e) in &pending.units {
+                let old = t.get(key.as_str())?.map(|v| Entry::from_record(v.value()));
+                let merged = old.map(|o| o.merge(*e)).unwrap_or(*e);
+                t.insert(key.as_str(), merged.record())?;
+            }
         }
         tx.commit()?;
         Ok(())
@@ -405,6 +448,30 @@ impl Index {
         Ok(out)
     }
 
+    /// Every tenant unit's entry, by key (pending touches included).
+    pub fn units(&self) -> Result<HashMap<String, Entry>> {
+        let mut out = HashMap::new();
+        if let Ok(db) = self.db() {
+            let tx = db.begin_read()?;
+            // An index written before units existed has no such table until its first flush.
+            if let Ok(t) = tx.open_table(UNITS) {
+                for row in t.iter()? {
+                    let (k, v) = row?;
+                    out.insert(k.value().to_string(), Entry::from_record(v.value()));
+                }
+            }
+        }
+        let p = self.pending.lock().unwrap();
+        for k in &p.forget_units {
+            out.remove(k);
+        }
+        for (k, e) in &p.units {
+            let merged = out.get(k).map(|o| o.merge(*e)).unwrap_or(*e);
+            out.insert(k.clone(), merged);
+        }
+        Ok(out)
+    }
+
     /// One blob's entry (pending touches included).
     pub fn blob(&self, digest: &Digest) -> Result<Option<Entry>> {
         let mut stored = None;
@@ -447,6 +514,7 @@ fn check_schema(db: &Database) -> Result<()> {
         }
         tx.open_table(MANIFESTS)?;
         tx.open_table(BLOBS)?;
+        tx.open_table(UNITS)?;
     }
     tx.commit()?;
     Ok(())

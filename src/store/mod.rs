@@ -21,6 +21,7 @@ pub mod prune;
 pub mod ratelimit;
 pub mod slicemap;
 pub mod stats;
+pub mod tenant;
 #[cfg(test)]
 pub mod testutil;
 pub mod usage;

@@ -16,13 +16,19 @@
 //! bytes are free). Fills in progress (`.lancached/partial/`) untouched for longer than the stale
 //! threshold and not pinned are removed too.
 //!
+//! Tenant units ([`super::tenant`]: the hub cache's snapshots) are candidates beside the
+//! models, in the same order and under the same rules: a unit's blobs in `blobs/` count as
+//! references, a busy unit is never chosen, a unit the index does not know as fetched is
+//! local. A chosen unit is removed by its tenant (its own files and its links to `blobs/`)
+//! before the unreferenced blobs go, so no link is left holding a removed blob's bytes.
+//!
 //! A run answers with a [`PruneReport`] of the store's own; the control layer maps it to the
 //! protocol.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use super::index::{now_secs, Index};
@@ -30,6 +36,7 @@ use super::layout::Layout;
 use super::manifest::Manifest;
 use super::names::{Digest, ModelRef};
 use super::pins::Pins;
+use super::tenant::Tenant;
 use super::usage;
 
 /// A fill in progress untouched for this long is abandoned when no age is given.
@@ -45,6 +52,8 @@ pub struct Criteria {
     pub free_bytes: Option<u64>,
     /// Exactly these models.
     pub models: Vec<ModelRef>,
+    /// Exactly these tenant units (by key).
+    pub units: Vec<String>,
     pub include_local: bool,
     pub dry_run: bool,
     /// Fills in progress untouched for this many seconds are removed.
@@ -66,13 +75,30 @@ pub struct PruneReport {
 impl PruneReport {
     /// The removed models' short names, for log lines.
     pub fn names(&self) -> Vec<String> {
-        self.removed.iter().map(|m| m.model.short_name()).collect()
+        self.removed.iter().map(|m| m.what.name()).collect()
+    }
+}
+
+/// What a prune removed: a model, or a tenant unit (by the name its tenant gives it).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Pruned {
+    Model(ModelRef),
+    Unit(String),
+}
+
+impl Pruned {
+    /// The form the user typed and `ollama list` shows, or the unit's name.
+    pub fn name(&self) -> String {
+        match self {
+            Pruned::Model(m) => m.short_name(),
+            Pruned::Unit(n) => n.clone(),
+        }
     }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PrunedModel {
-    pub model: ModelRef,
+    pub what: Pruned,
     /// The bytes of the blobs that went with this model (shared blobs count for the first
     /// chosen model that held their last reference).
     pub bytes: u64,
@@ -122,15 +148,40 @@ pub struct Store<'a> {
     pub index: &'a Index,
     pub pins: &'a Pins,
     pub deferred: &'a Deferred,
+    /// Content beside the models (the hub cache), planned over with them.
+    pub tenants: &'a [Arc<dyn Tenant>],
+}
+
+/// A candidate: a model (its manifest file) or a tenant's unit.
+enum Item {
+    Model {
+        model: ModelRef,
+        path: PathBuf,
+    },
+    Unit {
+        tenant: usize,
+        key: String,
+        name: String,
+        own_bytes: u64,
+        busy: bool,
+    },
 }
 
 struct Cached {
-    model: ModelRef,
-    path: PathBuf,
+    item: Item,
     /// Distinct blobs; `None` when the manifest could not be parsed.
     blobs: Option<Vec<Digest>>,
     last_used: Option<u64>,
     fetched: bool,
+}
+
+impl Cached {
+    fn name(&self) -> String {
+        match &self.item {
+            Item::Model { model, .. } => model.short_name(),
+            Item::Unit { name, .. } => name.clone(),
+        }
+    }
 }
 
 fn mtime_secs(path: &Path) -> Option<u64> {
@@ -150,14 +201,20 @@ fn manifest_blobs(path: &Path) -> Option<Vec<Digest>> {
     )
 }
 
-/// Every blob some manifest in the directory references, as of now.
-pub fn referenced_blobs(layout: &Layout) -> HashSet<Digest> {
-    layout
+/// Every blob some manifest in the directory, or some tenant unit, references, as of now.
+pub fn referenced_blobs(layout: &Layout, tenants: &[Arc<dyn Tenant>]) -> HashSet<Digest> {
+    let mut out: HashSet<Digest> = layout
         .list_manifests()
         .iter()
         .filter_map(|(_, p)| manifest_blobs(p))
         .flatten()
-        .collect()
+        .collect();
+    for t in tenants {
+        for u in t.units() {
+            out.extend(u.blobs);
+        }
+    }
+    out
 }
 
 /// A fill in progress: its files in `partial/` (data, slice map, ...), grouped by digest.
@@ -221,7 +278,7 @@ pub fn retry_deferred(store: &Store) -> (u64, u64) {
     if store.deferred.is_empty() {
         return (0, 0);
     }
-    let still = referenced_blobs(store.layout);
+    let still = referenced_blobs(store.layout, store.tenants);
     let mut removed = (0, 0);
     for d in store.deferred.take() {
         if still.contains(&d) {
@@ -278,6 +335,7 @@ pub fn prune(store: &Store, c: &Criteria) -> Result<PruneReport, PruneError> {
         tracing::debug!("index flush before prune: {e:#}");
     }
     let entries = store.index.manifests().unwrap_or_default();
+    let unit_entries = store.index.units().unwrap_or_default();
     let now = now_secs();
 
     let mut cached = Vec::new();
@@ -290,7 +348,38 @@ pub fn prune(store: &Store, c: &Criteria) -> Result<PruneReport, PruneError> {
             .map(|e| e.last_access)
             .filter(|&t| t > 0)
             .or_else(|| mtime_secs(&path));
-        for d in blobs.iter().flatten() {
+        cached.push(Cached {
+            item: Item::Model { model, path },
+            blobs,
+            last_used,
+            fetched: entry.is_some_and(|e| e.fetched),
+        });
+    }
+    for (ti, t) in store.tenants.iter().enumerate() {
+        for u in t.units() {
+            let entry = unit_entries.get(&u.key);
+            let last_used = entry
+                .map(|e| e.last_access)
+                .filter(|&t| t > 0)
+                .or(u.modified);
+            let mut seen = HashSet::new();
+            let blobs = u.blobs.into_iter().filter(|d| seen.insert(d.clone()));
+            cached.push(Cached {
+                item: Item::Unit {
+                    tenant: ti,
+                    key: u.key,
+                    name: u.name,
+                    own_bytes: u.own_bytes,
+                    busy: u.busy,
+                },
+                blobs: Some(blobs.collect()),
+                last_used,
+                fetched: entry.is_some_and(|e| e.fetched),
+            });
+        }
+    }
+    for m in &cached {
+        for d in m.blobs.iter().flatten() {
             *refs.entry(d.clone()).or_default() += 1;
             sizes.entry(d.clone()).or_insert_with(|| {
                 std::fs::metadata(store.layout.blob_path(d))
@@ -298,15 +387,11 @@ pub fn prune(store: &Store, c: &Criteria) -> Result<PruneReport, PruneError> {
                     .unwrap_or(0)
             });
         }
-        cached.push(Cached {
-            model,
-            path,
-            blobs,
-            last_used,
-            fetched: entry.is_some_and(|e| e.fetched),
-        });
     }
-    let in_use = |m: &Cached| m.blobs.iter().flatten().any(|d| store.pins.is_pinned(d));
+    let in_use = |m: &Cached| {
+        matches!(m.item, Item::Unit { busy: true, .. })
+            || m.blobs.iter().flatten().any(|d| store.pins.is_pinned(d))
+    };
 
     // The plan: which models go, which blobs go with them (attributed to the first chosen model
     // that held their last reference), which blobs must wait for their pins.
@@ -322,6 +407,9 @@ pub fn prune(store: &Store, c: &Criteria) -> Result<PruneReport, PruneError> {
                 return;
             }
             chosen.push(i);
+            if let Item::Unit { own_bytes, .. } = &cached[i].item {
+                *freed += own_bytes;
+            }
             for d in cached[i].blobs.iter().flatten() {
                 let r = remaining.get_mut(d).expect("counted above");
                 *r -= 1;
@@ -336,23 +424,32 @@ pub fn prune(store: &Store, c: &Criteria) -> Result<PruneReport, PruneError> {
             }
         };
 
-    for want in &c.models {
-        let Some(i) = cached.iter().position(|m| &m.model == want) else {
-            return Err(PruneError::NotFound(format!(
-                "{} is not in the cache",
-                want.short_name()
-            )));
+    let models = c.models.iter().map(|want| {
+        let i = cached
+            .iter()
+            .position(|m| matches!(&m.item, Item::Model { model, .. } if model == want));
+        (i, want.short_name())
+    });
+    let units = c.units.iter().map(|want| {
+        let i = cached
+            .iter()
+            .position(|m| matches!(&m.item, Item::Unit { key, .. } if key == want));
+        (i, want.clone())
+    });
+    let wanted: Vec<_> = models.chain(units).collect();
+    for (i, shown) in wanted {
+        let Some(i) = i else {
+            return Err(PruneError::NotFound(format!("{shown} is not in the cache")));
         };
+        let shown = cached[i].name();
         if !cached[i].fetched && !c.include_local {
             return Err(PruneError::Refused(format!(
-                "{} was not fetched by lancached (it was found in the cache directory, e.g. a user's own Ollama model); add --include-local to remove it anyway",
-                want.short_name()
+                "{shown} was not fetched by lancached (it was found in the cache directory, e.g. a user's own Ollama model or hub cache); add --include-local to remove it anyway"
             )));
         }
         if in_use(&cached[i]) {
             return Err(PruneError::Refused(format!(
-                "{} is in use (a client is pulling it or a fill is running); try again when it is done",
-                want.short_name()
+                "{shown} is in use (a client is pulling it or a fill is running); try again when it is done"
             )));
         }
         choose(i, &mut chosen, &mut doomed, &mut freed);
@@ -366,8 +463,8 @@ pub fn prune(store: &Store, c: &Criteria) -> Result<PruneReport, PruneError> {
         })
         .collect();
     lru.sort_by(|&a, &b| {
-        (cached[a].last_used.unwrap_or(0), &cached[a].model)
-            .cmp(&(cached[b].last_used.unwrap_or(0), &cached[b].model))
+        (cached[a].last_used.unwrap_or(0), cached[a].name())
+            .cmp(&(cached[b].last_used.unwrap_or(0), cached[b].name()))
     });
 
     if let Some(age) = c.older_than {
@@ -390,7 +487,7 @@ pub fn prune(store: &Store, c: &Criteria) -> Result<PruneReport, PruneError> {
     let partial_bytes: u64 = stale.iter().map(|p| p.bytes).sum();
 
     if c.max_size.is_some() || c.free_bytes.is_some() {
-        let usage = usage::measure(store.layout).bytes;
+        let usage = usage::measure_with(store.layout, store.tenants).bytes;
         for &i in &lru {
             let gone = freed + partial_bytes;
             let size_ok = c.max_size.is_none_or(|m| usage.saturating_sub(gone) <= m);
@@ -415,24 +512,43 @@ pub fn prune(store: &Store, c: &Criteria) -> Result<PruneReport, PruneError> {
         for (d, i) in &doomed {
             *per_model.entry(*i).or_default() += sizes[d];
         }
+        for &i in &chosen {
+            if let Item::Unit { own_bytes, .. } = &cached[i].item {
+                *per_model.entry(i).or_default() += own_bytes;
+            }
+        }
         report.blobs_removed = doomed.len() as u64;
         report.bytes_freed = freed + partial_bytes;
         report.partial_fills_removed = stale.len() as u64;
     } else {
         let mut removed_models = Vec::new();
         for &i in &chosen {
-            match remove_manifest(store.layout, &cached[i].path) {
-                Ok(()) => {
-                    store.index.forget_manifest(&cached[i].model);
-                    removed_models.push(i);
-                }
-                Err(e) => {
-                    tracing::warn!(model = %cached[i].model, "cannot remove manifest {}: {e}", cached[i].path.display())
-                }
+            match &cached[i].item {
+                Item::Model { model, path } => match remove_manifest(store.layout, path) {
+                    Ok(()) => {
+                        store.index.forget_manifest(model);
+                        removed_models.push(i);
+                    }
+                    Err(e) => {
+                        tracing::warn!(%model, "cannot remove manifest {}: {e}", path.display())
+                    }
+                },
+                Item::Unit {
+                    tenant, key, name, ..
+                } => match store.tenants[*tenant].remove(key) {
+                    Ok(bytes) => {
+                        store.index.forget_unit(key);
+                        *per_model.entry(i).or_default() += bytes;
+                        report.bytes_freed += bytes;
+                        removed_models.push(i);
+                    }
+                    Err(e) => tracing::warn!(unit = %name, "cannot remove {name}: {e}"),
+                },
             }
         }
         chosen = removed_models;
-        let still = referenced_blobs(store.layout);
+        let chosen_set: HashSet<usize> = chosen.iter().copied().collect();
+        let still = referenced_blobs(store.layout, store.tenants);
         for (d, i) in &doomed {
             if !chosen_set.contains(i) || still.contains(d) {
                 continue;
@@ -475,7 +591,10 @@ pub fn prune(store: &Store, c: &Criteria) -> Result<PruneReport, PruneError> {
     report.removed = chosen
         .iter()
         .map(|&i| PrunedModel {
-            model: cached[i].model.clone(),
+            what: match &cached[i].item {
+                Item::Model { model, .. } => Pruned::Model(model.clone()),
+                Item::Unit { name, .. } => Pruned::Unit(name.clone()),
+            },
             bytes: per_model.get(&i).copied().unwrap_or(0),
             last_used: cached[i]
                 .last_used
@@ -519,6 +638,7 @@ mod tests {
                 index: &self.index,
                 pins: &self.pins,
                 deferred: &self.deferred,
+                tenants: &[],
             }
         }
         fn fetched(&self, name: &str, blobs: &[&[u8]]) -> ModelRef {
@@ -642,7 +762,7 @@ mod tests {
             },
         )
         .unwrap();
-        let names: Vec<_> = r.removed.iter().map(|m| m.model.short_name()).collect();
+        let names: Vec<_> = r.removed.iter().map(|m| m.what.name()).collect();
         assert_eq!(names, ["old:latest"]);
         assert!(!f.layout.manifest_path(&old).exists() && f.layout.manifest_path(&new).exists());
     }

@@ -1,7 +1,8 @@
 //! How much the cache holds and how much room the filesystem has left: the two numbers that
 //! `[cache] max_size` and `min_free` are compared with. Usage counts published blobs by length
 //! and fills in progress by the blocks they really occupy (their files are sparse until landed);
-//! manifests are a few hundred bytes each and not counted.
+//! manifests are a few hundred bytes each and not counted. Tenants ([`super::tenant`]: the hub
+//! cache) add the bytes they hold outside `blobs/` ([`measure_with`]).
 
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
@@ -49,6 +50,18 @@ pub fn measure(layout: &Layout) -> Usage {
     }
     u.bytes += u.partial_bytes;
     u.free = free_space(layout.root()).unwrap_or(u64::MAX);
+    u
+}
+
+/// [`measure`], plus what each tenant holds outside `blobs/` (counted in `bytes`).
+pub fn measure_with(
+    layout: &Layout,
+    tenants: &[std::sync::Arc<dyn super::tenant::Tenant>],
+) -> Usage {
+    let mut u = measure(layout);
+    for t in tenants {
+        u.bytes += t.own_bytes();
+    }
     u
 }
 

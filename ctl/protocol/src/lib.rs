@@ -93,6 +93,10 @@ pub enum Response {
     Reloaded(ReloadReport),
     Models {
         models: Vec<ModelInfo>,
+        /// Hugging Face repos in the hub cache (absent when there are none, so an Ollama-only
+        /// cache answers as before).
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        hub: Vec<HubRepoInfo>,
     },
     Pruned(PruneReport),
     Prefetch {
@@ -381,6 +385,36 @@ pub struct ModelInfo {
     /// Seconds since the Unix epoch.
     pub last_used: Option<u64>,
     /// Fetched by the daemon (false: found in the directory, e.g. a user's own Ollama model).
+    pub fetched: bool,
+}
+
+/// A Hugging Face repo (model or dataset) in the hub cache.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HubRepoInfo {
+    /// `hf:org/name` or `hf:datasets/org/name`, as `prefetch`, `prune --model` and `export`
+    /// take it (with `@rev` for one revision).
+    pub name: String,
+    /// `model` or `dataset`.
+    pub kind: String,
+    /// The distinct files' bytes over every revision.
+    pub size: u64,
+    /// Seconds since the Unix epoch: the latest of its revisions'.
+    pub last_used: Option<u64>,
+    pub revisions: Vec<HubRevision>,
+}
+
+/// One snapshot (a commit) of a hub repo.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HubRevision {
+    pub commit: String,
+    /// Branches and tags that name this commit in the hub cache.
+    pub refs: Vec<String>,
+    pub files: u64,
+    pub size: u64,
+    /// Every file's link leads to its blob (a missing one is fetched again when asked).
+    pub complete: bool,
+    pub last_used: Option<u64>,
+    /// Fetched (or imported) by the daemon; false: found in the hub cache directory.
     pub fetched: bool,
 }
 
