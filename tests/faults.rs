@@ -1176,7 +1176,15 @@ fn disk_full_during_a_fill() {
         .map(|e| e.file_name())
         .collect();
     assert!(leftover.is_empty(), "partial files left: {leftover:?}");
-    // The failed one again: eviction of the least recently used model makes room.
+    // The failed one again: eviction of the least recently used model makes room. A model's
+    // use is its manifest's (every pull starts there); the hitter's blob GETs only pin the
+    // blob while each one runs. So `small` is pulled again, a second later than anything
+    // else (use is kept in whole seconds), to be the model that must stay.
+    std::thread::sleep(Duration::from_millis(1100));
+    assert_eq!(
+        registry_get(&d, "/v2/library/small/manifests/latest").status,
+        200
+    );
     for ((path, ok), (_, layer)) in outcomes.iter().zip(&twins) {
         if !ok {
             let r = get(addr, "GET", path, &[]);

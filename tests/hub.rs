@@ -18,6 +18,7 @@
 //! - gated and private repos: no token → upstream's 401, a token not granted → 403, a granted
 //!   token → the files; cached bytes are never served to the first two; upstream down, the
 //!   granted token (within `auth_ttl`) is still served and others get a 503 that says why;
+//!   a gated repo asked for by its old (renamed) name fills with the token kept on the Hub;
 //! - a moved branch (revision rename) is seen after `revision_ttl`; `refs%2Fpr%2F1`; a renamed
 //!   repo still downloads by its old name (its redirect followed upstream-side for revisions,
 //!   passed back on the cache for files);
@@ -266,6 +267,25 @@ fn gated_and_private_files_go_only_to_tokens_upstream_accepted() {
         );
         assert_eq!(r["ok"], false, "{r:#}");
     }
+    // A gated repo asked for by its old name: the token goes along the rename's same-host
+    // redirect (and never to the CDN), and the repo's own LFS file fills.
+    let renamed = vec![("big.bin".to_string(), noise(7, 2_500_000))];
+    add(
+        &up,
+        Kind::Model,
+        "org/gated-new",
+        Access::Gated(vec!["hf_good".into()]),
+        &renamed,
+    );
+    up.rename_repo(Kind::Model, "org/gated-old", "org/gated-new");
+    let dir = tempfile::tempdir().unwrap();
+    let env = hc::env(&endpoint, dir.path(), true);
+    let r = hc::run(
+        &json!({"op": "snapshot", "repo": "org/gated-old", "token": "hf_good"}),
+        &env,
+    );
+    hc::ok(&r);
+    expect_files(&r, &renamed);
     // Upstream down: the accepted token is still served, others are told why.
     let before = up.bytes();
     drop(up);
@@ -283,7 +303,7 @@ fn gated_and_private_files_go_only_to_tokens_upstream_accepted() {
         .map(|(_, b)| b.len() as u64)
         .filter(|&n| n < 64 * 1024)
         .sum();
-    assert_eq!(before, total(&files) + small);
+    assert_eq!(before, total(&files) + small + total(&renamed));
     let other = raw_get(
         addr,
         "cache",

@@ -175,7 +175,7 @@ fn models_api_and_prune_cover_hub_repos() {
     assert_eq!(out.status.code(), Some(1));
 
     // --older-than: the model repo goes, the local Ollama model stays (it was found).
-    std::thread::sleep(Duration::from_millis(1100));
+    std::thread::sleep(Duration::from_millis(2100));
     let r = d.ctl_json(&["prune", "--older-than", "1s"]);
     let names: Vec<&str> = r["removed"]
         .as_array()
@@ -214,7 +214,7 @@ fn a_hub_cache_found_in_the_directory_is_local() {
     let m = d.ctl_json(&["models"]);
     let r = hub_entry(&m, "hf:org/own").unwrap_or_else(|| panic!("{m:#}"));
     assert_eq!(r["revisions"][0]["fetched"], false);
-    std::thread::sleep(Duration::from_millis(1100));
+    std::thread::sleep(Duration::from_millis(2100));
     let r = d.ctl_json(&["prune", "--older-than", "1s"]);
     assert!(r["removed"].as_array().unwrap().is_empty(), "{r:#}");
     let out = d.ctl(&["prune", "--model", "hf:org/own"]);

@@ -97,11 +97,28 @@ impl Fetcher for HubFetcher {
             let up = &state.proxy.upstream;
             let unreachable =
                 |e: anyhow::Error| FetchError::new("upstream_unreachable", format!("{e:#}"));
-            let resp = up
-                .send(&cfg, Method::GET, url.clone(), &with_auth, false)
-                .await
-                .map_err(unreachable)?;
-            let resp = if resp.status().is_redirection() {
+            // A renamed repo answers a same-host 307 to its new name (the token still belongs
+            // there), and the file itself a 302 to the CDN (which must not see the token).
+            // `follow` is set once the request leaves the Hub's own host.
+            let mut next = url.clone();
+            let mut hops = 0;
+            let resp = loop {
+                let same_host = next.authority() == url.authority();
+                let headers = if same_host { &with_auth } else { &h };
+                let resp = up
+                    .send(&cfg, Method::GET, next.clone(), headers, !same_host)
+                    .await
+                    .map_err(unreachable)?;
+                if !resp.status().is_redirection() || !same_host {
+                    break resp;
+                }
+                hops += 1;
+                if hops > 5 {
+                    return Err(FetchError::new(
+                        "upstream_status",
+                        "more than 5 redirects on the Hub",
+                    ));
+                }
                 let loc = resp
                     .headers()
                     .get(header::LOCATION)
@@ -109,13 +126,8 @@ impl Fetcher for HubFetcher {
                     .ok_or_else(|| {
                         FetchError::new("upstream_status", "redirect without Location")
                     })?;
-                let next = crate::proxy::upstream::join_url(&url, loc)
+                next = crate::proxy::upstream::join_url(&next, loc)
                     .map_err(|e| FetchError::new("upstream_status", format!("{e:#}")))?;
-                up.send(&cfg, Method::GET, next, &h, true)
-                    .await
-                    .map_err(unreachable)?
-            } else {
-                resp
             };
             crate::proxy::fetch::ranged_body(resp, start, end, size, &what)
         }))
