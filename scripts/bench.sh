@@ -140,6 +140,7 @@ row() {
     row "HF hit server CPU-s per GiB, 1 stream" hf.hit1.lancached.cpu_s_per_gib hf.hit1.nginx.cpu_s_per_gib "nginx" le 1.0 3
     row "HF hit over TLS (huggingface.co), HTTP/1.1, 1 stream (GiB/s)" hf.tls.h1.1.lancached.gibps hf.tls.h1.1.nginx.gibps "nginx TLS" ge 1.0
     row "HF hit over TLS (huggingface.co), h2, 16 ranges (GiB/s)" hf.tls.h2.16.lancached.gibps hf.tls.h2.16.nginx.gibps "nginx TLS" ge 1.0
+    row "HF cold snapshot_download, upstream over a ${LINK_RATE:-1gbit} veth (GiB/s)" hf.link.lancached.gibps hf.link.direct.gibps "direct over the same link" ge 0.95 3
   fi
   if [[ ,$PARTS, == *,startup,* ]]; then
     row "start-up to READY=1, ${BLOBS:-10000} blobs, index present (ms)" startup.warm_index.ready_ms "" "" absle 100 1

@@ -67,6 +67,29 @@ def wait_port(port, host="127.0.0.1", netns=None):
     raise SystemExit(f"nothing listening on {host}:{port}")
 
 
+def netns_setup(rate, net="10.231.0"):
+    """A namespace with the far end of a veth pair, both directions shaped by tbf (RATE, e.g.
+    "1gbit"); the host end is NET.1, the namespace end NET.2.
+    Removed at exit (deleting the namespace deletes the pair)."""
+    ns = f"lcbench{os.getpid()}"
+    host_if, ns_if = f"lcb{os.getpid() % 100000}a", f"lcb{os.getpid() % 100000}b"
+    run = lambda *c: subprocess.run(list(c), check=True)
+    run("ip", "netns", "add", ns)
+    at_exit(lambda: subprocess.run(["ip", "netns", "del", ns], stderr=subprocess.DEVNULL))
+    at_exit(lambda: subprocess.run(["ip", "link", "del", host_if], stderr=subprocess.DEVNULL))
+    run("ip", "link", "add", host_if, "type", "veth", "peer", "name", ns_if)
+    run("ip", "link", "set", ns_if, "netns", ns)
+    run("ip", "addr", "add", f"{net}.1/30", "dev", host_if)
+    run("ip", "link", "set", host_if, "up")
+    run("ip", "-n", ns, "addr", "add", f"{net}.2/30", "dev", ns_if)
+    run("ip", "-n", ns, "link", "set", ns_if, "up")
+    run("ip", "-n", ns, "link", "set", "lo", "up")
+    for pre, dev in (([], host_if), (["ip", "netns", "exec", ns], ns_if)):
+        run(*pre, "tc", "qdisc", "add", "dev", dev, "root", "tbf", "rate", rate,
+            "burst", "1mbit", "latency", "20ms")
+    return ns
+
+
 def spawn(cmd, **kw):
     p = subprocess.Popen(cmd, **kw)
     _procs.append(p)

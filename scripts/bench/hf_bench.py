@@ -19,7 +19,12 @@ Measured (medians of RUNS runs, servers alternating):
 - hit: the largest LFS file as 1 stream and as 16 ranges (curl), lancached's HTTP listener
   against nginx serving the same file, and over TLS (the `https_bench_client`, SNI and Host
   `huggingface.co`, i.e. the transparent way in) against nginx over TLS with a leaf from the
-  same CA; olah's hit as a peer figure; server CPU-s per GiB from schedstat.
+  same CA; olah's hit as a peer figure; server CPU-s per GiB from schedstat;
+- link: one cold `snapshot_download` with the stand-in in a network namespace behind a veth
+  shaped to LINK_RATE (default 1gbit, tc tbf both ways), straight from it and through the cache
+  (needs root).
+
+HF_PARTS=loopback,link picks the parts (both by default).
 
 Prints a readable summary and `RESULT key=value` lines."""
 
@@ -33,14 +38,16 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from benchlib import (GIB, MIB, RUNS, Lancached, cleanup, cpu_of, curl, fetch, free_port,
-                      median, raise_nofile, ranges, result, spawn, stop, tree, wait_port, warm,
-                      workdir)
+                      median, netns_setup, raise_nofile, ranges, result, spawn, stop, tree,
+                      wait_port, warm, workdir)
 import https_bench
 
 REPO = "bench/model"
 COMMIT = hashlib.sha1(b"lancache bench repo").hexdigest()
 LFS_MIB = [int(x) for x in os.environ.get("HF_LFS_MIB", "192,64").split(",")]
 CLIENTS = int(os.environ.get("HF_CLIENTS", "16"))
+LINK_RATE = os.environ.get("LINK_RATE", "1gbit")
+PARTS = os.environ.get("HF_PARTS", "loopback,link").split(",")
 OLAH = os.environ.get("OLAH_BIN", "/var/tmp/lancache-olah/bin/olah-cli")
 HTTPS_CLIENT = https_bench.CLIENT
 HUB_NAME = "huggingface.co"
@@ -141,13 +148,17 @@ class PathsInfo:
 
 
 class StandIn:
-    """nginx as the Hub (127.0.0.1:port) and its CDN (127.0.0.2:cdn_port)."""
+    """nginx as the Hub (HUB_HOST:port) and its CDN (CDN_HOST:cdn_port), by default on loopback;
+    with NETNS, inside that network namespace (the far end of a shaped veth)."""
 
-    def __init__(self, work, repo):
-        self.work, self.repo = work, repo
+    def __init__(self, work, repo, hub_host="127.0.0.1", cdn_host="127.0.0.2", netns=None,
+                 name="hub"):
+        self.work, self.repo, self.netns = work, repo, netns
+        self.hub_host, self.cdn_host = hub_host, cdn_host
         self.port, self.cdn_port = free_port(), free_port()
-        self.log = os.path.join(work, "hub.access.log")
-        api = os.path.join(work, "api")
+        self.name = name
+        self.log = os.path.join(work, f"{self.name}.access.log")
+        api = os.path.join(work, f"{self.name}-api")
         os.makedirs(api)
         open(os.path.join(api, "info.json"), "w").write(repo.info())
         open(os.path.join(api, "tree.json"), "w").write(repo.tree())
@@ -167,7 +178,7 @@ class StandIn:
                 common = (f'add_header X-Repo-Commit {COMMIT}; add_header ETag \'"{etag}"\'; '
                           'add_header Accept-Ranges bytes;')
                 if sha:
-                    loc = (f"http://127.0.0.2:{self.cdn_port}/repos/{sha[:2]}/{sha[2:4]}/{sha}"
+                    loc = (f"http://{cdn_host}:{self.cdn_port}/repos/{sha[:2]}/{sha[2:4]}/{sha}"
                            f"?response-content-disposition=attachment&Expires=9999999999&Signature=x")
                     locs.append(f"location = /{REPO}/resolve/{rev}/{name} {{ {common} "
                                 f"add_header X-Linked-Etag '\"{sha}\"'; add_header X-Linked-Size {size}; "
@@ -177,9 +188,9 @@ class StandIn:
                                 f"alias {repo.dir}/{name}; }}")
         locs = "\n    ".join(locs)
         w = work
-        self.conf = os.path.join(work, "hub.nginx.conf")
+        self.conf = os.path.join(work, f"{self.name}.nginx.conf")
         open(self.conf, "w").write(f"""
-user root; worker_processes auto; daemon off; pid {w}/hub.nginx.pid; error_log {w}/hub.nginx.err;
+user root; worker_processes auto; daemon off; pid {w}/{self.name}.nginx.pid; error_log {w}/{self.name}.nginx.err;
 worker_rlimit_nofile 65536;
 events {{ worker_connections 8192; }}
 http {{
@@ -188,24 +199,31 @@ http {{
   log_format bytes '$server_port $request_method $uri $status $body_bytes_sent';
   access_log {self.log} bytes;
   server {{
-    listen 127.0.0.1:{self.port} reuseport backlog=4096;
+    listen {hub_host}:{self.port} reuseport backlog=4096;
     {locs}
   }}
   server {{
-    listen 127.0.0.2:{self.cdn_port} reuseport backlog=4096;
+    listen {cdn_host}:{self.cdn_port} reuseport backlog=4096;
     location /repos/ {{ alias {repo.cdn}/; }}
     location /plain/ {{ alias {repo.dir}/; }}
   }}
 }}""")
 
     def start(self):
-        self.proc = spawn(["nginx", "-c", self.conf, "-p", self.work])
-        wait_port(self.port)
-        wait_port(self.cdn_port, "127.0.0.2")
+        pre = ["ip", "netns", "exec", self.netns] if self.netns else []
+        self.proc = spawn(pre + ["nginx", "-c", self.conf, "-p", self.work])
+        wait_port(self.port, self.hub_host, self.netns)
+        wait_port(self.cdn_port, self.cdn_host, self.netns)
         return self
 
+    def url(self):
+        return f"http://{self.hub_host}:{self.port}"
+
     def pids(self):
-        return tree(int(open(os.path.join(self.work, "hub.nginx.pid")).read()))
+        return tree(int(open(os.path.join(self.work, f"{self.name}.nginx.pid")).read()))
+
+    def stop(self):
+        stop(self.proc)
 
     def mark(self):
         try:
@@ -299,9 +317,9 @@ def snapshot_clients(endpoint, scratch, n=CLIENTS):
     return dt
 
 
-def check_snapshot(scratch, repo):
+def check_snapshot(scratch, repo, n=CLIENTS):
     """Every client's snapshot holds every file whole (sizes; LFS files by sha256 on one)."""
-    for i in range(CLIENTS):
+    for i in range(n):
         snap = os.path.join(scratch, f"c{i}", "models--bench--model", "snapshots", COMMIT)
         for name, size, _, sha in repo.files:
             p = os.path.join(snap, name)
@@ -320,6 +338,28 @@ def timed_fetch(url, size, parts, pids):
     c0 = cpu_of(pids())
     dt = fetch(url, size, parts, extra=("-L",))
     return size / GIB / dt, (cpu_of(pids()) - c0) / (size / GIB)
+
+
+def part_link(work, repo, scratch, add):
+    """One cold `snapshot_download` with the stand-in Hub and CDN behind a veth shaped to
+    LINK_RATE (a namespace of its own): straight from it, and through a fresh lancached on the
+    host whose upstream is that link. The two alternate; each cache run starts cold."""
+    if os.geteuid() != 0:
+        say("(hf link) skipped: needs root for ip netns and tc")
+        return
+    ns = netns_setup(LINK_RATE, net="10.231.1")
+    hub = StandIn(work, repo, "10.231.1.2", "10.231.1.2", netns=ns, name="linkhub").start()
+    extra = f'[huggingface]\nupstream = "{hub.url()}"\n'
+    for run in range(RUNS):
+        lc = Lancached(work, "http://127.0.0.1:9", name=f"linklc{run}", extra=extra).start()
+        sides = [("direct", hub.url()), ("lancached", lc.url("/hf"))]
+        for who, endpoint in sides if run % 2 == 0 else sides[::-1]:
+            dt = snapshot_clients(endpoint, scratch, 1)
+            check_snapshot(scratch, repo, 1)
+            add(f"link.{who}.gibps", repo.size / GIB / dt)
+        lc.stop()
+    hub.stop()
+    shutil.rmtree(scratch, ignore_errors=True)
 
 
 def main():
@@ -341,7 +381,7 @@ def main():
     gib = CLIENTS * repo.size / GIB
     lc = None
     try:
-        for run in range(RUNS):
+        for run in range(RUNS if "loopback" in PARTS else 0):
             # Cold: a fresh cache each run (and a fresh olah mirror).
             # One CA for every run's cache, so nginx's TLS leaf (made once) is signed by it.
             if run > 0:
@@ -412,6 +452,8 @@ def main():
                 olah.stop()
             if run < RUNS - 1:
                 lc.stop()
+        if "link" in PARTS:
+            part_link(work, repo, scratch, add)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     say(f"(hf) repo of {repo.size / MIB:.0f} MiB ({len(repo.files)} files, LFS {LFS_MIB} MiB), "

@@ -24,8 +24,8 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from benchlib import (GIB, MIB, RUNS, DockerRegistry, Lancached, RssSampler, Upstream, cleanup,
-                      cpu_of, fetch, free_port, median, random_file, raise_nofile, result, warm,
-                      workdir, at_exit)
+                      cpu_of, fetch, free_port, median, netns_setup, random_file, raise_nofile,
+                      result, warm, workdir, at_exit)
 
 SIZE = int(os.environ.get("SIZE_MIB", "1024")) * MIB
 BYTES_SIZE = int(os.environ.get("BYTES_MIB", "256")) * MIB
@@ -88,28 +88,6 @@ def part_cold(work, lc, up, hexd):
     for (name, parts), r in sorted(rates.items()):
         say(f"    {name:16} {parts:2} stream(s) {median(r):6.2f} GiB/s")
         result(f"cold{parts}.{name}.gibps", median(r))
-
-
-def netns_setup(rate):
-    """A namespace with the far end of a veth pair, both directions shaped by tbf; removed at
-    exit (deleting the namespace deletes the pair)."""
-    ns = f"lcbench{os.getpid()}"
-    host_if, ns_if = f"lcb{os.getpid() % 100000}a", f"lcb{os.getpid() % 100000}b"
-    run = lambda *c: subprocess.run(list(c), check=True)
-    run("ip", "netns", "add", ns)
-    at_exit(lambda: subprocess.run(["ip", "netns", "del", ns], stderr=subprocess.DEVNULL))
-    at_exit(lambda: subprocess.run(["ip", "link", "del", host_if], stderr=subprocess.DEVNULL))
-    run("ip", "link", "add", host_if, "type", "veth", "peer", "name", ns_if)
-    run("ip", "link", "set", ns_if, "netns", ns)
-    run("ip", "addr", "add", "10.231.0.1/30", "dev", host_if)
-    run("ip", "link", "set", host_if, "up")
-    run("ip", "-n", ns, "addr", "add", "10.231.0.2/30", "dev", ns_if)
-    run("ip", "-n", ns, "link", "set", ns_if, "up")
-    run("ip", "-n", ns, "link", "set", "lo", "up")
-    for pre, dev in (([], host_if), (["ip", "netns", "exec", ns], ns_if)):
-        run(*pre, "tc", "qdisc", "add", "dev", dev, "root", "tbf", "rate", rate,
-            "burst", "1mbit", "latency", "20ms")
-    return ns
 
 
 def part_link(work):
