@@ -17,6 +17,7 @@ mod hf_upstream_selftest;
 mod hfco;
 mod hostile;
 mod hub;
+mod hub_bundles;
 mod hub_operator;
 mod hub_transparent;
 mod lifecycle;

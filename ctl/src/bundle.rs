@@ -176,9 +176,138 @@ impl<W: Write> Write for Counted<'_, W> {
     }
 }
 
-/// An Ollama models directory's manifests (exactly four levels, real directories and regular
-/// files only) and the blobs they reference that are present, as tar members.
-fn dir_members(dir: &Path) -> (Vec<(String, std::path::PathBuf, u64)>, u64) {
+/// One member the CLI sends for a directory.
+enum DirMember {
+    File(String, std::path::PathBuf, u64),
+    Link(String, std::path::PathBuf),
+}
+
+/// The hub cache under `dir`: `dir` itself when it holds repo folders (`models--org--name`),
+/// else `dir/hub` (`~/.cache/huggingface`) when that does.
+fn hub_root(dir: &Path) -> Option<std::path::PathBuf> {
+    let has_repos = |p: &Path| {
+        std::fs::read_dir(p)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .any(|e| {
+                let n = e.file_name().to_string_lossy().into_owned();
+                (n.starts_with("models--") || n.starts_with("datasets--"))
+                    && e.file_type().is_ok_and(|t| t.is_dir())
+            })
+    };
+    [dir.to_path_buf(), dir.join("hub")]
+        .into_iter()
+        .find(|p| has_repos(p))
+}
+
+/// A hub cache's repo folders as `hub/...` members: every snapshot entry as it is (links stay
+/// links; the daemon checks their form), the blobs they link that are present, the refs. Real
+/// directories only; `huggingface_hub`'s `.locks/`, `.no_exist/` and `*.incomplete` files stay
+/// behind.
+fn hub_members(root: &Path) -> Vec<DirMember> {
+    fn walk(p: &Path, rel: &str, out: &mut Vec<(String, std::path::PathBuf, std::fs::FileType)>) {
+        let mut ents: Vec<_> = std::fs::read_dir(p)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .collect();
+        ents.sort_by_key(|e| e.file_name());
+        for e in ents {
+            let name = e.file_name().to_string_lossy().into_owned();
+            let r = if rel.is_empty() {
+                name
+            } else {
+                format!("{rel}/{name}")
+            };
+            let Ok(t) = e.file_type() else { continue };
+            if t.is_dir() {
+                walk(&e.path(), &r, out);
+            } else {
+                out.push((r, e.path(), t));
+            }
+        }
+    }
+    let mut folders: Vec<_> = std::fs::read_dir(root)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with("models--") || n.starts_with("datasets--"))
+        .collect();
+    folders.sort();
+    let (mut blobs, mut links, mut refs) = (Vec::new(), Vec::new(), Vec::new());
+    for f in folders {
+        let repo = root.join(&f);
+        let mut snaps = Vec::new();
+        walk(&repo.join("snapshots"), "", &mut snaps);
+        let mut linked = std::collections::BTreeSet::new();
+        for (rel, path, t) in snaps {
+            let name = format!("hub/{f}/snapshots/{rel}");
+            if t.is_symlink() {
+                if let Ok(target) = std::fs::read_link(&path) {
+                    if let Some(hash) = target.file_name() {
+                        linked.insert(hash.to_string_lossy().into_owned());
+                    }
+                    links.push(DirMember::Link(name, target));
+                }
+            } else if let Ok(m) = std::fs::symlink_metadata(&path) {
+                // Sent as it is: the daemon names it (snapshots hold links, not files).
+                links.push(DirMember::File(name, path, m.len()));
+            }
+        }
+        for hash in linked {
+            let p = repo.join("blobs").join(&hash);
+            if let Ok(m) = std::fs::symlink_metadata(&p) {
+                if m.is_file() {
+                    blobs.push(DirMember::File(format!("hub/{f}/blobs/{hash}"), p, m.len()));
+                }
+            }
+        }
+        let mut rs = Vec::new();
+        walk(&repo.join("refs"), "", &mut rs);
+        for (rel, path, t) in rs {
+            if t.is_file() {
+                if let Ok(m) = std::fs::symlink_metadata(&path) {
+                    refs.push(DirMember::File(
+                        format!("hub/{f}/refs/{rel}"),
+                        path,
+                        m.len(),
+                    ));
+                }
+            }
+        }
+    }
+    blobs.extend(links);
+    blobs.extend(refs);
+    blobs
+}
+
+/// What a directory holds as tar members: an Ollama models directory's manifests (exactly four
+/// levels, real directories and regular files only) and the blobs they reference that are
+/// present, and a hub cache's repos (see [`hub_members`]); with the tar's size for the bar.
+fn dir_members(dir: &Path) -> (Vec<DirMember>, u64) {
+    let ollama = ollama_members(dir);
+    let mut out: Vec<DirMember> = ollama
+        .into_iter()
+        .map(|(n, p, l)| DirMember::File(n, p, l))
+        .collect();
+    if let Some(root) = hub_root(dir) {
+        out.extend(hub_members(&root));
+    }
+    let total = out
+        .iter()
+        .map(|m| match m {
+            DirMember::File(_, _, n) => 512 + n.div_ceil(512) * 512,
+            DirMember::Link(..) => 1024,
+        })
+        .sum::<u64>()
+        + 1024;
+    (out, total)
+}
+
+fn ollama_members(dir: &Path) -> Vec<(String, std::path::PathBuf, u64)> {
     fn subdirs(p: &Path) -> Vec<(String, std::path::PathBuf)> {
         let mut v: Vec<_> = std::fs::read_dir(p)
             .into_iter()
@@ -239,12 +368,7 @@ fn dir_members(dir: &Path) -> (Vec<(String, std::path::PathBuf, u64)>, u64) {
             out.push((name, p, m.len()));
         }
     }
-    let total = out
-        .iter()
-        .map(|(_, _, n)| 512 + n.div_ceil(512) * 512)
-        .sum::<u64>()
-        + 1024;
-    (out, total)
+    out
 }
 
 pub fn import(socket: &Path, path: &Path, local: bool, json: bool) -> ExitCode {
@@ -280,14 +404,26 @@ pub fn import(socket: &Path, path: &Path, local: bool, json: bool) -> ExitCode {
         };
         let mut tb = tar::Builder::new(w);
         let mut res = Ok(());
-        for (name, p, len) in members {
-            let r = std::fs::File::open(&p).and_then(|f| {
-                let mut h = tar::Header::new_gnu();
-                h.set_size(len);
-                h.set_mode(0o644);
-                h.set_entry_type(tar::EntryType::Regular);
-                tb.append_data(&mut h, &name, f.take(len))
-            });
+        for m in members {
+            let (r, p) = match m {
+                DirMember::File(name, p, len) => (
+                    std::fs::File::open(&p).and_then(|f| {
+                        let mut h = tar::Header::new_gnu();
+                        h.set_size(len);
+                        h.set_mode(0o644);
+                        h.set_entry_type(tar::EntryType::Regular);
+                        tb.append_data(&mut h, &name, f.take(len))
+                    }),
+                    p,
+                ),
+                DirMember::Link(name, target) => {
+                    let mut h = tar::Header::new_gnu();
+                    h.set_size(0);
+                    h.set_mode(0o777);
+                    h.set_entry_type(tar::EntryType::Symlink);
+                    (tb.append_link(&mut h, &name, &target), target)
+                }
+            };
             if let Err(e) = r {
                 res = Err(format!("{}: {e}", p.display()));
                 break;

@@ -127,32 +127,36 @@ enum Command {
         #[arg(long)]
         rotate: bool,
     },
-    /// Write models (manifests and blobs, in Ollama's layout) to one tar: a bundle.
+    /// Write models (manifests and blobs, in Ollama's layout) and Hugging Face repos (under
+    /// hub/, in huggingface_hub's cache layout) to one tar: a bundle.
     ///
-    /// The daemon streams it over the control socket. `tar -x -C ~/.ollama/models` unpacks it
-    /// without lancache; `lancachectl import` loads it into another cache.
+    /// The daemon streams it over the control socket. `tar -x -C ~/.ollama/models blobs
+    /// manifests` and `tar -x -C ~/.cache/huggingface hub` unpack it without lancache;
+    /// `lancachectl import` loads it into another cache.
     #[command(
-        after_help = "Examples:\n  lancachectl export llama3:8b qwen2.5:1.5b -o models.tar\n  lancachectl export llama3:8b -o - | ssh host tar -x -C .ollama/models"
+        after_help = "Examples:\n  lancachectl export llama3:8b qwen2.5:1.5b -o models.tar\n  lancachectl export llama3:8b -o - | ssh host tar -x -C .ollama/models\n  lancachectl export hf:org/name hf:datasets/org/data@v1 -o hub.tar\n  tar -x -C ~/.cache/huggingface -f hub.tar   # then HF_HUB_OFFLINE=1 works"
     )]
     Export {
-        /// Model names (llama3, llama3:8b, user/model:tag, hf.co/user/repo:quant).
+        /// Model names (llama3, llama3:8b, user/model:tag, hf.co/user/repo:quant) and Hub repos
+        /// (hf:org/name[@rev], hf:datasets/org/name[@rev]; rev defaults to main).
         #[arg(required = true, value_name = "NAME")]
         names: Vec<String>,
         /// Where to write the tar; `-` for stdout.
         #[arg(short = 'o', long = "output", value_name = "FILE")]
         output: PathBuf,
     },
-    /// Load a bundle, a tar from GET /models/..., or an Ollama models directory.
+    /// Load a bundle, a tar from GET /models/..., an Ollama models directory, or a Hugging
+    /// Face hub cache (`~/.cache/huggingface/hub`, or `~/.cache/huggingface`).
     ///
     /// FILE|DIR is read here and streamed to the daemon over the control socket; the daemon
-    /// checks every blob's sha256 and size and publishes only complete models (nothing at all if
-    /// anything is wrong). What the cache already has is skipped. Imported models count as
-    /// fetched (evictable) unless --local.
+    /// checks every blob (sha256, or a small Hub file's git SHA-1) and size and publishes only
+    /// complete models and repo snapshots (nothing at all if anything is wrong). What the cache
+    /// already has is skipped. Imported models count as fetched (evictable) unless --local.
     #[command(
-        after_help = "Examples:\n  lancachectl import models.tar\n  lancachectl import /home/me/.ollama/models --local\n  lancachectl import models.tar --json"
+        after_help = "Examples:\n  lancachectl import models.tar\n  lancachectl import /home/me/.ollama/models --local\n  lancachectl import /home/me/.cache/huggingface/hub\n  lancachectl import models.tar --json"
     )]
     Import {
-        /// A tar file or an Ollama models directory.
+        /// A tar file, an Ollama models directory or a Hugging Face hub cache.
         #[arg(value_name = "FILE|DIR")]
         path: PathBuf,
         /// Keep the models as the operator's own: never evicted automatically.

@@ -88,6 +88,17 @@ pub fn human(resp: &Response, ca_path: bool, st: Style) -> String {
             for m in &r.models_imported {
                 let _ = writeln!(o, "  + {}", short(m));
             }
+            if !r.repos_imported.is_empty() || !r.repos_skipped.is_empty() {
+                let _ = writeln!(
+                    o,
+                    "Hugging Face: imported {} repo revision(s); already here: {}",
+                    r.repos_imported.len(),
+                    r.repos_skipped.len()
+                );
+                for m in &r.repos_imported {
+                    let _ = writeln!(o, "  + {m}");
+                }
+            }
         }
         Response::Status(s) => {
             let _ = writeln!(

@@ -224,7 +224,11 @@ async fn import_inner(
     }
     let s = state.clone();
     let staged = match tokio::task::spawn_blocking(move || {
-        crate::store::import::stage_tar_stream(&s.layout, reader)
+        let st = s.clone();
+        let vouch =
+            Box::new(move |r: &crate::hub::repo::RepoId| st.hub.access.vouch_offline(&r.key()));
+        let hub = crate::hub::bundle::HubImport::new(s.hub.cache.clone(), s.layout.clone(), vouch);
+        crate::store::import::stage_tar_stream(&s.layout, reader, Some(Box::new(hub)))
     })
     .await
     {

@@ -189,7 +189,7 @@ async fn export(
         }
     };
     let reply = Response::Export {
-        models: models.iter().map(|m| m.name.to_string()).collect(),
+        models,
         bytes: archive.len,
     };
     framed.send(encode(&reply)).await?;

@@ -277,6 +277,8 @@ impl From<crate::store::import::Report> for wire::ImportReport {
             bytes_imported: r.bytes_imported,
             blobs_skipped: r.blobs_skipped,
             local: r.local,
+            repos_imported: r.others_imported,
+            repos_skipped: r.others_skipped,
         }
     }
 }

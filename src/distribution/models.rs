@@ -10,6 +10,7 @@ use super::request::model_from_path;
 use super::tar::Archive;
 use crate::http::body::{self, Body};
 use crate::http::Peer;
+use crate::hub::repo::HubRef;
 use crate::state::State;
 
 const DEFAULT_MANIFEST_TYPE: &str = "application/vnd.docker.distribution.manifest.v2+json";
@@ -90,47 +91,40 @@ pub async fn lookup_many(
 /// A bound on one request's work (each name is a catalog lookup and a set of open files).
 const MAX_BUNDLE_MODELS: usize = 256;
 
-/// Builds the archive of complete models (off the async workers: it opens every blob), or the
-/// 409/500 answer saying why not.
-pub async fn archive(state: &Arc<State>, models: &[Model]) -> Result<Archive, Box<Response<Body>>> {
-    if let Some(m) = models.iter().find(|m| !m.complete) {
-        return Err(Box::new(incomplete(
-            m,
-            &format!("{} blob(s) missing", m.missing.len()),
-        )));
-    }
-    let built = {
-        let (st, ms) = (state.clone(), models.to_vec());
-        tokio::task::spawn_blocking(move || Archive::build_many(&st.layout, &st.pins, &ms)).await
-    };
-    match built {
-        Ok(Ok(a)) => Ok(a),
-        Ok(Err(e)) => Err(Box::new(incomplete(&models[0], &e.0))),
-        Err(e) => Err(Box::new(body::text(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            format!("building the archive failed: {e}"),
-        ))),
-    }
-}
-
 pub async fn tar<B>(req: &Request<B>, peer: Peer, state: &Arc<State>) -> Response<Body> {
     let rest = req.uri().path().trim_start_matches("/models/");
-    let models = match lookup_many(state, rest).await {
-        Ok(m) => m,
-        Err(resp) => return *resp,
+    let (ollama, hub) = match hub_names(rest.split(',')) {
+        Ok(x) => x,
+        Err(e) => return body::text(StatusCode::BAD_REQUEST, e),
     };
-    let archive = match archive(state, &models).await {
-        Ok(a) => a,
-        Err(resp) => return *resp,
+    let models = if ollama.is_empty() && !hub.is_empty() {
+        Vec::new()
+    } else {
+        match lookup_many(state, &ollama.join(",")).await {
+            Ok(m) => m,
+            Err(resp) => return *resp,
+        }
     };
-    let len = archive.len;
-    let what = models
+    if let Some(m) = models.iter().find(|m| !m.complete) {
+        return incomplete(m, &format!("{} blob(s) missing", m.missing.len()));
+    }
+    let (_, archive) = match build(state, models.clone(), hub.clone()).await {
+        Ok(x) => x,
+        Err(e) => match models.first().filter(|_| hub.is_empty()) {
+            Some(m) => return incomplete(m, &e),
+            None => return body::text(StatusCode::CONFLICT, e),
+        },
+    };
+    let what: Vec<String> = models
         .iter()
         .map(|m| m.name.short_name())
-        .collect::<Vec<_>>()
-        .join(",");
-    let file_name = match models.as_slice() {
-        [m] => format!("{}-{}.tar", m.name.model, m.name.tag),
+        .chain(hub.iter().map(|h| h.to_string()))
+        .collect();
+    let what = what.join(",");
+    let len = archive.len;
+    let file_name = match (models.as_slice(), hub.as_slice()) {
+        ([m], []) => format!("{}-{}.tar", m.name.model, m.name.tag),
+        ([], [h]) => format!("{}.tar", h.repo.folder()),
         _ => "lancache-bundle.tar".to_string(),
     };
     let mut resp = if req.method() == Method::HEAD {
@@ -154,7 +148,7 @@ pub async fn tar<B>(req: &Request<B>, peer: Peer, state: &Arc<State>) -> Respons
         header::CONTENT_DISPOSITION,
         &format!("attachment; filename=\"{file_name}\""),
     );
-    if let [m] = models.as_slice() {
+    if let ([m], true) = (models.as_slice(), hub.is_empty()) {
         set(&mut resp, header::ETAG, &format!("\"{}\"", m.digest));
     }
     resp
@@ -172,14 +166,61 @@ fn incomplete(model: &Model, why: &str) -> Response<Body> {
     )
 }
 
-/// The control socket's `export`: the bundle of these models, or why not (worded for the CLI).
-pub async fn bundle(state: &Arc<State>, names: &[String]) -> Result<(Vec<Model>, Archive), String> {
+/// Hub repos among a bundle's names (`hf:org/name[@rev]`), parsed, apart from the rest.
+fn hub_names<'a>(
+    names: impl Iterator<Item = &'a str>,
+) -> Result<(Vec<&'a str>, Vec<HubRef>), String> {
+    let mut ollama = Vec::new();
+    let mut hub = Vec::new();
+    for n in names {
+        if HubRef::is_hub_name(n) {
+            let r = HubRef::parse(&crate::hub::repo::decode(n)?)?;
+            if !hub.contains(&r) {
+                hub.push(r);
+            }
+        } else {
+            ollama.push(n);
+        }
+    }
+    Ok((ollama, hub))
+}
+
+/// Builds the archive of complete models and these Hub repo revisions (off the async
+/// workers: it opens every blob); the names of what it holds.
+async fn build(
+    state: &Arc<State>,
+    models: Vec<Model>,
+    hub: Vec<HubRef>,
+) -> Result<(Vec<String>, Archive), String> {
+    let st = state.clone();
+    let built = tokio::task::spawn_blocking(move || {
+        let (hub_names, entries) = if hub.is_empty() {
+            (Vec::new(), Vec::new())
+        } else {
+            crate::hub::bundle::export(&st.hub.cache, &hub)?
+        };
+        let a = Archive::build_many(&st.layout, &st.pins, &models, entries).map_err(|e| e.0)?;
+        let mut names: Vec<String> = models.iter().map(|m| m.name.to_string()).collect();
+        names.extend(hub_names);
+        Ok((names, a))
+    })
+    .await;
+    built.unwrap_or_else(|e| Err(format!("building the archive failed: {e}")))
+}
+
+/// The control socket's `export`: the bundle of these models and Hub repos, or why not
+/// (worded for the CLI).
+pub async fn bundle(
+    state: &Arc<State>,
+    names: &[String],
+) -> Result<(Vec<String>, Archive), String> {
     if names.is_empty() {
         return Err("name at least one model".into());
     }
+    let (ollama, hub) = hub_names(names.iter().map(String::as_str))?;
     let snap = super::catalog::current(state).await;
     let mut models: Vec<Model> = Vec::new();
-    for n in names {
+    for n in ollama {
         let name = crate::store::ModelRef::parse(n).map_err(|e| e.to_string())?;
         let m = snap.find(&name).cloned().ok_or_else(|| {
             format!(
@@ -198,18 +239,9 @@ pub async fn bundle(state: &Arc<State>, names: &[String]) -> Result<(Vec<Model>,
             models.push(m);
         }
     }
-    let built = {
-        let (st, ms) = (state.clone(), models.clone());
-        tokio::task::spawn_blocking(move || Archive::build_many(&st.layout, &st.pins, &ms)).await
-    };
-    match built {
-        Ok(Ok(a)) => {
-            for m in &models {
-                state.index.touch_manifest(&m.name);
-            }
-            Ok((models, a))
-        }
-        Ok(Err(e)) => Err(e.0),
-        Err(e) => Err(format!("building the archive failed: {e}")),
+    let built = build(state, models.clone(), hub).await?;
+    for m in &models {
+        state.index.touch_manifest(&m.name);
     }
+    Ok(built)
 }

@@ -22,6 +22,7 @@ use tokio::io::AsyncReadExt;
 use super::catalog::Model;
 use crate::http::body::Body;
 use crate::http::sessions::SessionGuard;
+use crate::hub::bundle::Entry as HubEntry;
 use crate::store::{Layout, Pins};
 
 const BLOCK: u64 = 512;
@@ -50,10 +51,24 @@ fn padding(len: u64) -> u64 {
 
 /// One header (plus a PAX header before it when the path does not fit ustar).
 fn header(path: &str, size: u64, mtime: u64) -> std::io::Result<Bytes> {
+    entry_header(path, size, mtime, None)
+}
+
+/// A header for a regular file, or for a symlink to `link` (a PAX record carries a path or
+/// a link target too long for ustar's fields).
+fn entry_header(path: &str, size: u64, mtime: u64, link: Option<&str>) -> std::io::Result<Bytes> {
     let mut out = BytesMut::new();
     let mut h = tar::Header::new_ustar();
-    if h.set_path(path).is_err() {
-        let record = pax_record("path", path);
+    let long_path = h.set_path(path).is_err();
+    let long_link = link.is_some_and(|l| l.len() > 100);
+    if long_path || long_link {
+        let mut record = Vec::new();
+        if long_path {
+            record.extend(pax_record("path", path));
+        }
+        if let Some(l) = link.filter(|_| long_link) {
+            record.extend(pax_record("linkpath", l));
+        }
         let mut x = tar::Header::new_ustar();
         x.set_path("PaxHeaders/entry")?;
         x.set_entry_type(tar::EntryType::XHeader);
@@ -64,13 +79,31 @@ fn header(path: &str, size: u64, mtime: u64) -> std::io::Result<Bytes> {
         out.extend_from_slice(x.as_bytes());
         out.extend_from_slice(&record);
         out.extend_from_slice(&vec![0u8; padding(record.len() as u64) as usize]);
-        // The ustar field keeps a truncated tail only for readers without PAX support.
-        let tail = &path[path.len().saturating_sub(99)..];
-        h.set_path(tail.trim_start_matches('/'))?;
+        if long_path {
+            // The ustar field keeps a truncated tail only for readers without PAX support.
+            let mut cut = path.len().saturating_sub(99);
+            while !path.is_char_boundary(cut) {
+                cut += 1;
+            }
+            let tail = &path[cut..];
+            h.set_path(tail.trim_start_matches('/'))?;
+        }
     }
-    h.set_entry_type(tar::EntryType::Regular);
-    h.set_size(size);
-    h.set_mode(0o644);
+    match link {
+        Some(l) => {
+            h.set_entry_type(tar::EntryType::Symlink);
+            if !long_link {
+                h.set_link_name(l)?;
+            }
+            h.set_size(0);
+            h.set_mode(0o777);
+        }
+        None => {
+            h.set_entry_type(tar::EntryType::Regular);
+            h.set_size(size);
+            h.set_mode(0o644);
+        }
+    }
     h.set_mtime(mtime);
     h.set_cksum();
     out.extend_from_slice(h.as_bytes());
@@ -93,14 +126,16 @@ pub struct Incomplete(pub String);
 
 impl Archive {
     pub fn build(layout: &Layout, pins: &Pins, model: &Model) -> Result<Archive, Incomplete> {
-        Archive::build_many(layout, pins, std::slice::from_ref(model))
+        Archive::build_many(layout, pins, std::slice::from_ref(model), Vec::new())
     }
 
-    /// A bundle of several models: every distinct blob once, then every manifest.
+    /// A bundle of several models: every distinct blob once, then every manifest; then the
+    /// Hub repos' members (`hub/...`, in their order: blobs, snapshot links, refs).
     pub fn build_many(
         layout: &Layout,
         pins: &Pins,
         models: &[Model],
+        hub: Vec<HubEntry>,
     ) -> Result<Archive, Incomplete> {
         let mtime = models
             .iter()
@@ -160,8 +195,30 @@ impl Archive {
             tail.extend_from_slice(mbytes);
             tail.extend_from_slice(&vec![0u8; padding(mbytes.len() as u64) as usize]);
         }
-        tail.extend_from_slice(&[0u8; 2 * BLOCK as usize]);
         parts.push(Part::Bytes(tail.freeze()));
+        for e in hub {
+            match e {
+                HubEntry::File { path, file, len } => {
+                    parts.push(Part::Bytes(header(&path, len, mtime).map_err(io)?));
+                    parts.push(Part::File {
+                        file,
+                        len,
+                        pad: padding(len),
+                    });
+                }
+                HubEntry::Link { path, target } => parts.push(Part::Bytes(
+                    entry_header(&path, 0, mtime, Some(&target)).map_err(io)?,
+                )),
+                HubEntry::Data { path, bytes } => {
+                    let mut b =
+                        BytesMut::from(&header(&path, bytes.len() as u64, mtime).map_err(io)?[..]);
+                    b.extend_from_slice(&bytes);
+                    b.extend_from_slice(&vec![0u8; padding(bytes.len() as u64) as usize]);
+                    parts.push(Part::Bytes(b.freeze()));
+                }
+            }
+        }
+        parts.push(Part::Bytes(Bytes::from_static(&[0u8; 2 * BLOCK as usize])));
         let len = parts
             .iter()
             .map(|p| match p {

@@ -34,6 +34,7 @@ pub async fn info<B>(ctx: &Ctx<'_>, req: &Request<B>, repo: &RepoId, rev: &str) 
         &rest,
         query,
         false,
+        (&commit, Offline::Info),
     )
     .await
 }
@@ -56,7 +57,98 @@ pub async fn tree<B>(
         rest.push_str(&encode_path(path));
     }
     let key = format!("tree {} {commit} {path} ?{query}", repo.key());
-    cached_get(ctx, repo, &key, &rest, query, true).await
+    let recursive = query
+        .split('&')
+        .any(|p| matches!(p, "recursive=true" | "recursive=True" | "recursive=1"));
+    let offline = Offline::Tree { path, recursive };
+    cached_get(ctx, repo, &key, &rest, query, true, (&commit, offline)).await
+}
+
+/// What a snapshot in the hub cache can answer by itself when upstream cannot be asked and
+/// nothing was kept: a repo imported from a bundle, or a hub cache found in the directory.
+/// Such answers are not kept (upstream's own replaces them once it is back).
+enum Offline<'a> {
+    Info,
+    Tree { path: &'a str, recursive: bool },
+}
+
+/// The git blob SHA-1 of an LFS file's pointer (what the Hub lists as an LFS file's `oid`).
+fn pointer_oid(sha256: &str, size: u64) -> (String, usize) {
+    let pointer =
+        format!("version https://git-lfs.github.com/spec/v1\noid sha256:{sha256}\nsize {size}\n");
+    (
+        super::resolve::git_blob_sha1(pointer.as_bytes()),
+        pointer.len(),
+    )
+}
+
+/// The answer from the snapshot, if the hub cache holds it (see [`Offline`]).
+fn from_snapshot(ctx: &Ctx<'_>, repo: &RepoId, commit: &str, what: &Offline<'_>) -> Option<Answer> {
+    let inv = super::inventory::repo(&ctx.state.hub.cache, repo);
+    let snap = inv.snapshots.into_iter().find(|s| s.commit == commit)?;
+    let body = match what {
+        Offline::Info => {
+            let mut v = serde_json::json!({
+                "_id": &commit[..24],
+                "id": repo.id,
+                "sha": commit,
+                "siblings": snap.files.iter().map(|(p, _, _)| serde_json::json!({"rfilename": p})).collect::<Vec<_>>(),
+            });
+            if repo.kind == super::repo::Kind::Model {
+                v["modelId"] = serde_json::json!(repo.id);
+            }
+            v
+        }
+        Offline::Tree { path, recursive } => {
+            let prefix = if path.is_empty() {
+                String::new()
+            } else {
+                format!("{}/", path.trim_end_matches('/'))
+            };
+            let mut out = Vec::new();
+            let mut dirs = std::collections::BTreeSet::new();
+            for (p, hash, size) in &snap.files {
+                let Some(rel) = p.strip_prefix(&prefix) else {
+                    continue;
+                };
+                let depth = rel.matches('/').count();
+                // Folders on the way (the Hub lists them as entries of their own).
+                let segs: Vec<&str> = rel.split('/').collect();
+                for i in 1..segs.len() {
+                    if *recursive || i == 1 {
+                        dirs.insert(format!("{prefix}{}", segs[..i].join("/")));
+                    }
+                }
+                if depth > 0 && !recursive {
+                    continue;
+                }
+                let mut e = serde_json::json!({"type": "file", "size": size, "path": p});
+                if hash.len() == 64 {
+                    let (oid, pointer_size) = pointer_oid(hash, *size);
+                    e["oid"] = serde_json::json!(oid);
+                    e["lfs"] =
+                        serde_json::json!({"oid": hash, "size": size, "pointerSize": pointer_size});
+                } else {
+                    e["oid"] = serde_json::json!(hash);
+                }
+                out.push(e);
+            }
+            for d in dirs {
+                // Not git's tree id (the hub cache does not keep trees): a stable stand-in.
+                let oid = super::resolve::git_blob_sha1(format!("tree {d}").as_bytes());
+                out.push(serde_json::json!({"type": "directory", "oid": oid, "path": d}));
+            }
+            if out.is_empty() && !path.is_empty() {
+                return None;
+            }
+            serde_json::Value::Array(out)
+        }
+    };
+    Some(Answer {
+        content_type: "application/json".into(),
+        link: None,
+        body: body.to_string(),
+    })
 }
 
 /// A GET answer at a commit: from the metadata store, else from upstream (and kept).
@@ -67,10 +159,19 @@ async fn cached_get(
     rest: &str,
     query: &str,
     entries: bool,
+    (commit, offline): (&str, Offline<'_>),
 ) -> Response<Body> {
     if let Some(a) = ctx.state.hub.meta.get(key) {
         return answer(ctx, &a);
     }
+    // Upstream cannot answer: the snapshot itself may (commit_for already did the access check).
+    let fallback = |why: String| match from_snapshot(ctx, repo, commit, &offline) {
+        Some(a) => {
+            tracing::debug!(repo = %repo.key(), %commit, "hub: {why}; answering from the snapshot");
+            answer(ctx, &a)
+        }
+        None => unavailable(why),
+    };
     let pq = if query.is_empty() {
         rest.to_string()
     } else {
@@ -83,12 +184,12 @@ async fn cached_get(
     match ctx.send(Method::GET, url, &HeaderMap::new()).await {
         Ok(resp) if resp.status() == StatusCode::OK => keep(ctx, repo, key, resp, entries).await,
         Ok(resp) if !resp.status().is_server_error() => ctx.pass(resp),
-        Ok(resp) => unavailable(format!(
+        Ok(resp) => fallback(format!(
             "upstream answered {} and {} is not cached",
             resp.status(),
             rest
         )),
-        Err(e) => unavailable(format!(
+        Err(e) => fallback(format!(
             "upstream is unreachable ({e:#}) and {rest} is not cached"
         )),
     }

@@ -84,6 +84,13 @@ impl Access {
         }
     }
 
+    /// The operator vouched for the repo (imported it): servable to anyone while upstream is
+    /// down, as a repo last seen public is. Upstream's own word, once asked, replaces this.
+    pub fn vouch_offline(&self, repo: &str) {
+        let _ = std::fs::create_dir_all(&self.markers);
+        let _ = std::fs::write(self.marker(repo), b"");
+    }
+
     /// Public, as upstream said within `ttl`.
     pub fn public_within(&self, repo: &str, ttl: Duration) -> bool {
         self.public

@@ -123,6 +123,13 @@ impl HubCache {
         }
     }
 
+    /// Moves a verified file (an import's staged copy) in as `blobs/<hash>`.
+    pub fn adopt_blob(&self, r: &RepoId, hash: &str, src: &Path) -> std::io::Result<()> {
+        let dst = self.repo_dir(r).join("blobs").join(hash);
+        std::fs::create_dir_all(dst.parent().expect("has a parent"))?;
+        std::fs::rename(src, &dst)
+    }
+
     /// Points `snapshots/<commit>/<path>` at `blobs/<hash>` with a relative link.
     pub fn link_snapshot(
         &self,

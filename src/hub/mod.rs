@@ -17,13 +17,14 @@
 //! - [`meta`]: metadata answers at a commit, kept for good;
 //! - the operator's side: [`inventory`] (what the hub cache holds, for `lancachectl models`,
 //!   `/api/models` and the web UI), [`tenant`] (its snapshots in prune and eviction),
-//!   [`prefetch`] (`lancachectl prefetch hf:…`).
+//!   [`prefetch`] (`lancachectl prefetch hf:…`), [`bundle`] (repos in export/import tars).
 //!
 //! No answer sends a client to another host: the CDN redirect is followed cache-side, and
 //! the Xet headers are never passed on, so `hf_xet` clients stay on plain HTTP.
 
 pub mod api;
 pub mod auth;
+pub mod bundle;
 pub mod fetch;
 pub mod inventory;
 pub mod layout;

@@ -17,11 +17,16 @@
 //!
 //! The staging directory is removed whatever happens. Blobs in a bundle that no manifest
 //! references are not published (Ollama would delete them at start-up anyway).
+//!
+//! Members outside Ollama's layout belong to an upper layer (the hub cache's `hub/...`): a
+//! [`ForeignMembers`] claims them, stages them into the same private directory in the same
+//! pass, is checked before anything is published and publishes after the models, so one
+//! archive is all or nothing for both halves. The store knows nothing of what they are.
 
 use sha2::{Digest as _, Sha256};
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use super::names::{Digest, ModelRef};
 use super::{Index, Layout, Manifest};
@@ -37,6 +42,40 @@ pub struct Report {
     pub bytes_imported: u64,
     pub blobs_skipped: u64,
     pub local: bool,
+    /// Units of a [`ForeignMembers`] published, and those already there whole (by name).
+    pub others_imported: Vec<String>,
+    pub others_skipped: Vec<String>,
+}
+
+/// One archive member handed to a [`ForeignMembers`].
+pub enum Member<'a> {
+    Dir,
+    File { size: u64, data: &'a mut dyn Read },
+    Symlink(String),
+}
+
+/// Publishes a staged, verified blob into `blobs/` (or finds it there) and returns its path.
+pub type Adopt<'a> = dyn FnMut(&Digest, Option<&Path>) -> Result<PathBuf, ImportError> + 'a;
+
+/// The members of an archive that an upper layer owns (see the module docs).
+pub trait ForeignMembers: Send {
+    /// Whether the (cleaned, relative) member path is one of its own.
+    fn claims(&self, path: &str) -> bool;
+    /// Stages one claimed member into `staging` (the import's private directory), verifying
+    /// what it can; an error names the member and stops the import.
+    fn stage(&mut self, staging: &Path, path: &str, member: Member<'_>) -> Result<(), ImportError>;
+    /// Whether anything was staged (an archive of only such members is not empty).
+    fn is_empty(&self) -> bool;
+    /// Every unit whole (staged, or already in place): called before anything is published.
+    fn check(&self, adopt_check: &dyn Fn(&Digest) -> Option<u64>) -> Result<(), ImportError>;
+    /// Publishes, after the models; `adopt` moves its sha256 blobs into `blobs/`.
+    fn publish(
+        &mut self,
+        adopt: &mut Adopt<'_>,
+        index: &Index,
+        local: bool,
+        report: &mut Report,
+    ) -> Result<(), ImportError>;
 }
 
 /// Why nothing was imported.
@@ -84,6 +123,7 @@ pub struct Staged {
     staging: Staging,
     blobs: BTreeMap<Digest, Blob>,
     manifests: Vec<ManifestIn>,
+    foreign: Option<Box<dyn ForeignMembers>>,
 }
 
 fn new_staging(layout: &Layout) -> Result<Staging, ImportError> {
@@ -101,12 +141,23 @@ fn new_staging(layout: &Layout) -> Result<Staging, ImportError> {
 
 /// Stages a tar stream (a bundle, a `/models/...` tar, or an Ollama models directory as the CLI
 /// sends it): every blob verified, every member checked.
-pub fn stage_tar_stream(layout: &Layout, reader: impl Read) -> Result<Staged, ImportError> {
+pub fn stage_tar_stream(
+    layout: &Layout,
+    reader: impl Read,
+    mut foreign: Option<Box<dyn ForeignMembers>>,
+) -> Result<Staged, ImportError> {
     let staging = new_staging(layout)?;
     let mut blobs = BTreeMap::new();
     let mut manifests = Vec::new();
-    stage_tar(layout, &staging, reader, &mut blobs, &mut manifests)?;
-    Staged::new(staging, blobs, manifests, "the archive")
+    stage_tar(
+        layout,
+        &staging,
+        reader,
+        &mut blobs,
+        &mut manifests,
+        foreign.as_deref_mut(),
+    )?;
+    Staged::new(staging, blobs, manifests, foreign, "the archive")
 }
 
 impl Staged {
@@ -114,37 +165,56 @@ impl Staged {
         staging: Staging,
         blobs: BTreeMap<Digest, Blob>,
         manifests: Vec<ManifestIn>,
+        foreign: Option<Box<dyn ForeignMembers>>,
         what: &str,
     ) -> Result<Staged, ImportError> {
-        if manifests.is_empty() {
+        if manifests.is_empty() && foreign.as_ref().is_none_or(|f| f.is_empty()) {
             return err(format!(
-                "{what} holds no model manifest (expected manifests/<host>/<namespace>/<model>/<tag>)"
+                "{what} holds no model manifest (expected manifests/<host>/<namespace>/<model>/<tag>{})",
+                if foreign.is_some() { ", or a hub/ repo folder" } else { "" }
             ));
         }
         Ok(Staged {
             staging,
             blobs,
             manifests,
+            foreign,
         })
     }
 
     /// Checks that every manifest is complete (blobs staged, or still in the cache), then
     /// publishes. The staging directory goes in any case.
     pub fn publish(
-        self,
+        mut self,
         layout: &Layout,
         index: &Index,
         local: bool,
     ) -> Result<Report, ImportError> {
         check_complete(layout, &self.blobs, &self.manifests)?;
-        publish(
+        if let Some(f) = &self.foreign {
+            f.check(&|d| already_published(layout, d))?;
+        }
+        let mut report = publish(
             layout,
             index,
             &self.staging,
             &self.blobs,
             &self.manifests,
             local,
-        )
+        )?;
+        if let Some(f) = &mut self.foreign {
+            let mut adopt = |d: &Digest, staged: Option<&Path>| {
+                adopt_blob(layout, index, d, staged, local, &mut report.blobs_imported)
+            };
+            let mut r = Report::default();
+            f.publish(&mut adopt, index, local, &mut r)?;
+            report.others_imported = r.others_imported;
+            report.others_skipped = r.others_skipped;
+            report.blobs_imported += r.blobs_imported;
+            report.bytes_imported += r.bytes_imported;
+            report.blobs_skipped += r.blobs_skipped;
+        }
+        Ok(report)
     }
 }
 
@@ -199,14 +269,16 @@ fn model_ref(host: &str, ns: &str, model: &str, tag: &str) -> Result<ModelRef, S
     Ok(m)
 }
 
-/// Copies `src` into a new staging file while hashing; checks size (when known) and digest.
-fn stage_blob(
-    staging: &Staging,
+/// Copies `src` into a new file of the staging directory while hashing, and checks the
+/// digest: the one way a blob enters staging, whichever layer's member it is.
+pub fn stage_blob(
+    staging: &Path,
     digest: &Digest,
     member: &str,
+    declared: u64,
     mut src: impl Read,
 ) -> Result<(PathBuf, u64), ImportError> {
-    let path = staging.0.join(digest.file_name());
+    let path = staging.join(digest.file_name());
     let mut out = std::fs::OpenOptions::new()
         .write(true)
         .create_new(true)
@@ -227,6 +299,11 @@ fn stage_blob(
             .or_else(|e| err(format!("cannot stage {member}: {e}")))?;
         size += n as u64;
     }
+    if size < declared {
+        return err(format!(
+            "{member}: truncated: the archive ends after {size} of its {declared} bytes"
+        ));
+    }
     let got = hex(&hasher.finalize());
     if got != digest.hex() {
         return err(format!(
@@ -242,7 +319,8 @@ fn hex(b: &[u8]) -> String {
     b.iter().map(|x| format!("{x:02x}")).collect()
 }
 
-fn already_published(layout: &Layout, digest: &Digest) -> Option<u64> {
+/// The blob's size when `blobs/` holds it.
+pub fn already_published(layout: &Layout, digest: &Digest) -> Option<u64> {
     std::fs::symlink_metadata(layout.blob_path(digest))
         .ok()
         .filter(|m| m.is_file())
@@ -284,6 +362,7 @@ fn stage_tar(
     file: impl Read,
     blobs: &mut BTreeMap<Digest, Blob>,
     manifests: &mut Vec<ManifestIn>,
+    mut foreign: Option<&mut (dyn ForeignMembers + 'static)>,
 ) -> Result<(), ImportError> {
     let mut archive = tar::Archive::new(Counting {
         inner: std::io::BufReader::with_capacity(1 << 20, file),
@@ -312,6 +391,30 @@ fn stage_tar(
             end = entry.raw_file_position() + size.div_ceil(512) * 512;
             last = format!("member {shown:?}");
             use tar::EntryType as T;
+            if let Some(f) = foreign.as_deref_mut().filter(|f| f.claims(&member)) {
+                let m = match kind {
+                    T::Regular | T::Continuous => Member::File {
+                        size,
+                        data: &mut entry,
+                    },
+                    T::Directory => Member::Dir,
+                    T::Symlink => {
+                        let target = entry
+                            .link_name_bytes()
+                            .map(|b| String::from_utf8_lossy(&b).into_owned())
+                            .unwrap_or_default();
+                        Member::Symlink(target)
+                    }
+                    T::XGlobalHeader => continue,
+                    other => {
+                        return err(format!(
+                            "member {shown:?} refused: a {other:?} entry has no place here"
+                        ))
+                    }
+                };
+                f.stage(&staging.0, &member, m)?;
+                continue;
+            }
             let is_file = match kind {
                 T::Regular | T::Continuous => true,
                 T::Directory => false,
@@ -354,8 +457,13 @@ fn stage_tar(
                         );
                         continue;
                     }
-                    let (path, got) =
-                        stage_blob(staging, &d, &format!("member {shown:?}"), &mut entry)?;
+                    let (path, got) = stage_blob(
+                        &staging.0,
+                        &d,
+                        &format!("member {shown:?}"),
+                        size,
+                        &mut entry,
+                    )?;
                     blobs.insert(
                         d,
                         Blob {
@@ -432,6 +540,37 @@ fn check_complete(
         }
     }
     Ok(())
+}
+
+/// Publishes one verified blob: renamed from staging into `blobs/` unless it is already there
+/// (then the staged copy is left to go with the staging directory), `blobs/` fsync'd.
+fn adopt_blob(
+    layout: &Layout,
+    index: &Index,
+    d: &Digest,
+    staged: Option<&Path>,
+    local: bool,
+    imported: &mut u64,
+) -> Result<PathBuf, ImportError> {
+    let dest = layout.blob_path(d);
+    if already_published(layout, d).is_some() {
+        return Ok(dest);
+    }
+    let Some(path) = staged else {
+        return err(format!(
+            "blob {d} left the cache during the import (evicted?); import again"
+        ));
+    };
+    std::fs::rename(path, &dest)
+        .or_else(|e| err(format!("publishing blob {d}: rename into blobs/: {e}")))?;
+    std::fs::File::open(layout.blobs_dir())
+        .and_then(|f| f.sync_all())
+        .or_else(|e| err(format!("fsync of blobs/: {e}")))?;
+    *imported += 1;
+    if !local {
+        index.record_fetched_blob(d);
+    }
+    Ok(dest)
 }
 
 fn publish(

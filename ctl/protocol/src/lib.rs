@@ -127,6 +127,12 @@ pub struct ImportReport {
     pub blobs_skipped: u64,
     /// The models count as local (never evicted automatically) rather than fetched.
     pub local: bool,
+    /// Hugging Face repo revisions (`hf:org/name@<commit>`) published, and those already in the
+    /// hub cache whole.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub repos_imported: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub repos_skipped: Vec<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
