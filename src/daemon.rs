@@ -153,6 +153,23 @@ async fn run_async(config: Config, source: ConfigSource, listeners: Listeners) -
         tracing::info!(node = %c.me, nodes = c.nodes.len(), "cluster mode");
         let _ = state.cluster.set(Arc::new(c));
     }
+    let members_stop = CancellationToken::new();
+    if let Some(c) = state.cluster.get() {
+        // The healthy nodes become DNS's answers; the cluster knows nothing of DNS, and DNS
+        // nothing of the cluster: the daemon passes one's list to the other.
+        let advertised = state.advertised.clone();
+        tokio::spawn(crate::cluster::members::run(
+            c.clone(),
+            move |nodes| {
+                let ips: Vec<std::net::IpAddr> = nodes.iter().map(|n| n.ip()).collect();
+                let mut a = crate::dns::advertise::Advertise::from_addrs(&ips);
+                a.v4.dedup();
+                a.v6.dedup();
+                advertised.set(Some(a));
+            },
+            members_stop.clone(),
+        ));
+    }
     wire_cache(&state);
     let mut subs = subsystems(listeners);
     if subs.is_empty() {
@@ -233,6 +250,12 @@ async fn run_async(config: Config, source: ConfigSource, listeners: Listeners) -
     if drained.is_err() {
         tracing::warn!("drain deadline passed; closing the remaining connections");
         tasks.abort_all();
+    }
+    members_stop.cancel();
+    if let Some(c) = state.cluster.get() {
+        // A clean stop leaves the other nodes' DNS answers now, not one TTL later.
+        let _ =
+            tokio::time::timeout(Duration::from_secs(2), crate::cluster::members::leave(c)).await;
     }
     outcome
 }

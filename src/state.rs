@@ -54,6 +54,9 @@ pub struct State {
     pub dns_stats: Arc<crate::dns::stats::Stats>,
     /// `[cluster]`: the shared store and the leases, set once at start when configured.
     pub cluster: OnceLock<Arc<crate::cluster::Cluster>>,
+    /// What DNS answers intercepted names with when set from outside its config (cluster
+    /// mode: the healthy nodes). Kept here so it survives a DNS subsystem restart.
+    pub advertised: crate::dns::advertise::Shared,
 }
 
 impl State {
@@ -86,6 +89,7 @@ impl State {
             hub,
             dns_stats: Arc::default(),
             cluster: OnceLock::new(),
+            advertised: Default::default(),
         })
     }
 

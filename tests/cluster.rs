@@ -368,6 +368,10 @@ fn store_lost_local_hits_and_fill_alone() {
     assert_eq!(st["cluster"]["store_reachable"], false, "{st}");
     let stats = c.nodes[1].ctl_json(&["stats"]);
     assert_eq!(stats["cluster"]["store_reachable"], false, "{stats}");
+    let health = crate::util::upstream::raw_get(b, "lancache", "/health", &[]);
+    assert_eq!(health.status, 200, "a node without its store still serves");
+    let health: serde_json::Value = serde_json::from_slice(&health.body).unwrap();
+    assert_eq!(health["cluster"]["store"], "unreachable", "{health}");
     let human = c.nodes[1].ctl(&["status"]);
     assert!(
         String::from_utf8_lossy(&human.stdout).contains("UNREACHABLE"),
@@ -401,5 +405,68 @@ fn large_blob_goes_up_as_a_whole_multipart_object() {
         digest(&obj),
         dg,
         "the store object is the whole, verified blob"
+    );
+}
+
+/// `dig +short` of a registry name against `d`'s DNS, in answer order.
+fn dig_a(d: &Daemon) -> Vec<String> {
+    let dns = d.dns.unwrap();
+    let out = std::process::Command::new("dig")
+        .args([
+            format!("@{}", dns.ip()),
+            "-p".into(),
+            dns.port().to_string(),
+            "+tries=1".into(),
+            "+time=3".into(),
+            "+short".into(),
+            REG.into(),
+            "A".into(),
+        ])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| l.trim().to_string())
+        .filter(|l| !l.is_empty())
+        .collect()
+}
+
+#[test]
+fn dns_answers_the_healthy_nodes_local_first() {
+    need_weed!();
+    if !crate::util::require_program("dig") {
+        return;
+    }
+    let sw = Seaweed::start();
+    let up = FakeUpstream::start();
+    let mut c = start_nodes(&sw, &up, "dns", 3, "2s");
+    let ip = |i: usize| c.addrs[i].ip().to_string();
+    let (a, b, d) = (ip(0), ip(1), ip(2));
+    // Every node answers with itself first, then the live others in configured order.
+    wait_for("B to see all three", Duration::from_secs(15), || {
+        dig_a(&c.nodes[1]) == [b.clone(), a.clone(), d.clone()]
+    });
+    wait_for("C to see all three", Duration::from_secs(15), || {
+        dig_a(&c.nodes[2]) == [d.clone(), a.clone(), b.clone()]
+    });
+    let st = c.nodes[0].ctl_json(&["status"]);
+    assert_eq!(
+        st["cluster"]["healthy_nodes"].as_array().map(|v| v.len()),
+        Some(3),
+        "{st}"
+    );
+    // C dies without a word: it drops out once its heartbeat expires (one TTL).
+    c.nodes[2].kill9();
+    wait_for(
+        "C to drop out of A's answers",
+        Duration::from_secs(15),
+        || dig_a(&c.nodes[0]) == [a.clone(), b.clone()],
+    );
+    // A stops cleanly: it deletes its heartbeat, and B drops it well before a TTL could pass.
+    c.nodes[0].stop(Duration::from_secs(10));
+    wait_for(
+        "A to drop out of B's answers",
+        Duration::from_secs(5),
+        || dig_a(&c.nodes[1]) == [b.clone()],
     );
 }

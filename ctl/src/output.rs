@@ -131,6 +131,7 @@ pub fn human(resp: &Response, ca_path: bool, st: Style) -> String {
                 };
                 let _ = writeln!(o, "cluster: node {} of {}", c.node, c.nodes.join(", "));
                 let _ = writeln!(o, "  store {} {store}", c.store);
+                let _ = writeln!(o, "  healthy: {}", c.healthy_nodes.join(", "));
                 let _ = writeln!(o, "  leases held: {}", c.leases_held.len());
                 for d in &c.leases_held {
                     let _ = writeln!(o, "    {}", short(d));

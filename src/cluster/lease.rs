@@ -30,7 +30,7 @@ pub enum Acquired {
     Held { holder: SocketAddr },
 }
 
-fn now_ms() -> u64 {
+pub(crate) fn now_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)

@@ -15,6 +15,7 @@
 
 pub mod fetcher;
 pub mod lease;
+pub mod members;
 pub mod peer;
 pub mod store;
 pub mod upload;
@@ -39,6 +40,8 @@ pub struct Cluster {
     held: Mutex<HashMap<Digest, Option<String>>>,
     /// Whether the last store request got an answer.
     reachable: AtomicBool,
+    /// The nodes whose heartbeat is live, this one first (src/cluster/members.rs).
+    healthy: Mutex<Vec<SocketAddr>>,
 }
 
 impl Cluster {
@@ -71,6 +74,7 @@ impl Cluster {
             ttl: cfg.lease_ttl.0,
             held: Mutex::new(HashMap::new()),
             reachable: AtomicBool::new(true),
+            healthy: Mutex::new(vec![me]),
         }))
     }
 
@@ -97,6 +101,15 @@ impl Cluster {
             }
         }
         r
+    }
+
+    /// The nodes seen alive at the last heartbeat round, this one first.
+    pub fn healthy(&self) -> Vec<SocketAddr> {
+        self.healthy.lock().unwrap().clone()
+    }
+
+    pub(crate) fn set_healthy(&self, nodes: Vec<SocketAddr>) {
+        *self.healthy.lock().unwrap() = nodes;
     }
 
     /// Leases this node holds now.

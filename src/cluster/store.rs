@@ -1,6 +1,6 @@
 //! The shared tier: an S3-compatible bucket reached through the `object_store` crate, and the
 //! names of what lives there (`PREFIX/blobs/sha256-…`, `PREFIX/manifests/…`,
-//! `PREFIX/leases/sha256-…`).
+//! `PREFIX/leases/sha256-…`, `PREFIX/nodes/ADDR`).
 //!
 //! Credentials are read once, from `AWS_ACCESS_KEY_ID` / `AWS_SECRET_ACCESS_KEY` or from
 //! `cluster.credentials_file`, and never printed: [`Credentials`]' `Debug` redacts the secret,
@@ -133,6 +133,11 @@ impl Store {
 
     pub fn leases_prefix(&self) -> ObjPath {
         self.key("leases")
+    }
+
+    /// A node's heartbeat (src/cluster/members.rs).
+    pub fn node(&self, addr: &std::net::SocketAddr) -> ObjPath {
+        self.key(&format!("nodes/{addr}"))
     }
 
     pub fn blobs_prefix(&self) -> ObjPath {

@@ -444,6 +444,7 @@ pub fn status(state: &State) -> Status {
                 store: state.config().cluster.store.clone(),
                 store_reachable: c.reachable(),
                 leases_held: leases,
+                healthy_nodes: c.healthy().iter().map(|n| n.to_string()).collect(),
             }
         }),
     }
@@ -494,6 +495,7 @@ pub fn stats(state: &State) -> Stats {
         .map(|c| lancache_protocol::ClusterStats {
             store_reachable: c.reachable(),
             leases_held: c.leases_held().len() as u64,
+            healthy_nodes: c.healthy().len() as u64,
         });
     stats
 }

@@ -4,7 +4,9 @@
 //! `/proc/net` symlink: the unit's `ProcSubset=pid` hides the latter but not the former.) Link-local IPv6 addresses are left out:
 //! without a zone they are useless in a DNS answer.
 
+use arc_swap::ArcSwapOption;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::sync::Arc;
 
 /// Addresses answered for intercepted names.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -30,6 +32,22 @@ impl Advertise {
 
     pub fn is_empty(&self) -> bool {
         self.v4.is_empty() && self.v6.is_empty()
+    }
+}
+
+/// Addresses set from outside the DNS service (cluster mode: the healthy nodes, this one
+/// first). While set, they take the place of the configured or default-route set. The DNS
+/// service only reads it; whoever owns the knowledge writes it, so neither knows the other.
+#[derive(Debug, Clone, Default)]
+pub struct Shared(Arc<ArcSwapOption<Advertise>>);
+
+impl Shared {
+    pub fn set(&self, a: Option<Advertise>) {
+        self.0.store(a.map(Arc::new));
+    }
+
+    pub fn load(&self) -> arc_swap::Guard<Option<Arc<Advertise>>> {
+        self.0.load()
     }
 }
 

@@ -17,7 +17,7 @@ use std::cell::RefCell;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
-use super::advertise::Advertise;
+use super::advertise::{Advertise, Shared};
 use super::cache::{self, Cache};
 use super::ratelimit::RateLimiter;
 use super::stats::{bump, Stats};
@@ -74,6 +74,8 @@ pub struct Engine {
     limiter: RateLimiter,
     /// Forwarded queries waiting for upstream; bounded by [`MAX_IN_FLIGHT`].
     pub in_flight: std::sync::atomic::AtomicUsize,
+    /// Addresses set from outside (cluster mode), answered instead of the table's.
+    advertised: Shared,
 }
 
 /// Forwarded queries waiting for upstream at once. Past it new ones get SERVFAIL at once: each
@@ -92,7 +94,15 @@ impl Engine {
             cache: Cache::default(),
             limiter: RateLimiter::default(),
             in_flight: Default::default(),
+            advertised: Shared::default(),
         }
+    }
+
+    /// Answers intercepted names with `shared` whenever it is set (cluster mode's healthy
+    /// nodes), else with the table's set.
+    pub fn with_advertised(mut self, shared: Shared) -> Engine {
+        self.advertised = shared;
+        self
     }
 
     pub fn table(&self) -> Arc<Table> {
@@ -167,13 +177,15 @@ impl Engine {
         if intercepted {
             bump(&self.stats.intercepted);
             self.stats.qtype(q.qtype);
-            let adv = table.advertise_for(req.local);
+            let set = self.advertised.load();
+            let own = table.advertise_for(req.local);
+            let adv: &Advertise = set.as_deref().unwrap_or(&own);
             return Some(intercept_answer(
                 b,
                 &q,
                 payload.is_some(),
                 dnssec_ok,
-                &adv,
+                adv,
                 table.ttl,
             ));
         }
@@ -239,7 +251,9 @@ impl Engine {
         }
         if intercepted {
             bump(&self.stats.intercepted);
-            let adv = table.advertise_for(req.local);
+            let set = self.advertised.load();
+            let own = table.advertise_for(req.local);
+            let adv: &Advertise = set.as_deref().unwrap_or(&own);
             let answers: Vec<Record> = match q.qtype {
                 TYPE_A => adv
                     .v4

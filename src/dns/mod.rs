@@ -40,7 +40,9 @@ pub async fn run(
     let config = state.config();
     let table = tokio::task::spawn_blocking(move || Table::from_config(&config)).await?;
     log_policy(&table);
-    let engine = Arc::new(Engine::new(table, state.dns_stats.clone()));
+    let engine = Arc::new(
+        Engine::new(table, state.dns_stats.clone()).with_advertised(state.advertised.clone()),
+    );
 
     // Servers stop on `servers`, a child of `cancel`, so that one failing server also stops
     // its siblings before the supervisor restarts the subsystem.

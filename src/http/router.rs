@@ -111,7 +111,8 @@ async fn dispatch_inner(req: Request<Incoming>, peer: Peer, state: &Arc<State>) 
 }
 
 /// For load balancers and monitors: 200 while every subsystem is healthy and the cache
-/// directory takes writes, else 503.
+/// directory takes writes, else 503. In cluster mode a lost store is reported but stays 200: the
+/// node still serves its local hits and fills alone, so a balancer should keep sending to it.
 fn health(state: &State) -> Response<Body> {
     let subsystems: serde_json::Map<String, serde_json::Value> = state
         .health
@@ -131,12 +132,16 @@ fn health(state: &State) -> Response<Body> {
     } else {
         StatusCode::SERVICE_UNAVAILABLE
     };
-    body::json(
-        status,
-        &json!({
-            "status": if ok { "ok" } else { "degraded" },
-            "subsystems": subsystems,
-            "cache": match writable { Ok(()) => "writable".to_string(), Err(e) => e },
-        }),
-    )
+    let mut answer = json!({
+        "status": if ok { "ok" } else { "degraded" },
+        "subsystems": subsystems,
+        "cache": match writable { Ok(()) => "writable".to_string(), Err(e) => e },
+    });
+    if let Some(c) = state.cluster.get() {
+        answer["cluster"] = json!({
+            "store": if c.reachable() { "reachable" } else { "unreachable" },
+            "healthy_nodes": c.healthy().iter().map(|n| n.to_string()).collect::<Vec<_>>(),
+        });
+    }
+    body::json(status, &answer)
 }

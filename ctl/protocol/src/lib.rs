@@ -185,6 +185,9 @@ pub struct ClusterStatus {
     pub store_reachable: bool,
     /// Digests whose fill lease this node holds.
     pub leases_held: Vec<String>,
+    /// The nodes whose heartbeat in the store is live, this one first: what DNS answers.
+    #[serde(default)]
+    pub healthy_nodes: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -222,6 +225,9 @@ pub struct Stats {
 pub struct ClusterStats {
     pub store_reachable: bool,
     pub leases_held: u64,
+    /// How many nodes (this one included) have a live heartbeat.
+    #[serde(default)]
+    pub healthy_nodes: u64,
 }
 
 /// The cache's housekeeping: disk room, evictions, prunes, the most used models.
