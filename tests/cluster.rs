@@ -200,6 +200,18 @@ fn store_object(sw: &Seaweed, bucket: &str, dg: &str) -> Option<Vec<u8>> {
     })
 }
 
+/// The store's object at `rel` under the test prefix, if there is one.
+fn store_key(sw: &Seaweed, bucket: &str, rel: &str) -> Option<Vec<u8>> {
+    let store = Store::new(&store_config(sw, bucket)).unwrap();
+    let path = object_store::path::Path::from(format!("lan/{rel}"));
+    rt().block_on(async {
+        match store.s3.get(&path).await {
+            Ok(g) => Some(g.bytes().await.unwrap().to_vec()),
+            Err(_) => None,
+        }
+    })
+}
+
 fn model(up: &FakeUpstream, size: usize, seed: u64) -> (Vec<u8>, String) {
     model_in(up, "library/m", size, seed)
 }
@@ -266,26 +278,50 @@ fn three_nodes_one_upstream_fill_then_the_store() {
     let obj = store_object(&sw, "one", &dg).unwrap();
     assert!(obj == layer, "the store object is the whole, verified blob");
 
-    // A second model through A only; then B serves it from the store. Each node reads the
-    // manifest first, as a client does, so B knows the blob's size without asking upstream.
+    // A second model through A only; then B serves it, manifest and blob, from the store:
+    // no request upstream at all.
     let (layer2, dg2) = model_in(&up, "library/m2", 3 << 20, 22);
-    for a in &c.addrs[..2] {
-        let m = raw_get(*a, REG, "/v2/library/m2/manifests/latest", &[]);
-        assert_eq!(m.status, 200);
-    }
+    let m2 = raw_get(c.addrs[0], REG, "/v2/library/m2/manifests/latest", &[]);
+    assert_eq!(m2.status, 200);
     let (s, b) = get_repo_blob(c.addrs[0], "library/m2", &dg2);
     assert_eq!(s, 200);
     assert!(b == layer2);
     wait_for(
-        "the second blob in the store",
+        "the second blob and its manifest in the store",
         Duration::from_secs(30),
-        || store_object(&sw, "one", &dg2).is_some(),
+        || {
+            store_object(&sw, "one", &dg2).is_some()
+                && store_key(&sw, "one", "manifests/registry.ollama.ai/library/m2/latest")
+                    .is_some_and(|m| m == m2.body)
+        },
     );
-    let before = up.cdn_bytes();
+    let (bytes_before, manifests_before) = (up.cdn_bytes(), up.manifest_requests());
+    let m2b = raw_get(c.addrs[1], REG, "/v2/library/m2/manifests/latest", &[]);
+    assert_eq!(m2b.status, 200);
+    assert!(m2b.body == m2.body, "B served A's manifest byte for byte");
     let (s, b) = get_repo_blob(c.addrs[1], "library/m2", &dg2);
     assert_eq!(s, 200);
     assert!(b == layer2, "B served the blob from the store");
-    assert_eq!(up.cdn_bytes(), before, "no upstream bytes for B's pull");
+    assert_eq!(
+        up.cdn_bytes(),
+        bytes_before,
+        "no upstream bytes for B's pull"
+    );
+    assert_eq!(
+        up.manifest_requests(),
+        manifests_before,
+        "no manifest request upstream for B's pull"
+    );
+    // A client version upstream has not passed for these bytes is checked upstream (the
+    // version gate holds across the cluster).
+    let m2c = raw_get(
+        c.addrs[2],
+        REG,
+        "/v2/library/m2/manifests/latest",
+        &[("User-Agent", "ollama/0.34.2 (amd64 linux) Go/go1.24.0")],
+    );
+    assert_eq!(m2c.status, 200);
+    assert_eq!(up.manifest_requests(), manifests_before + 1);
     drop(c);
 }
 

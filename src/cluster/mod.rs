@@ -15,6 +15,7 @@
 
 pub mod fetcher;
 pub mod lease;
+pub mod manifests;
 pub mod members;
 pub mod peer;
 pub mod store;

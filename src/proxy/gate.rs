@@ -61,6 +61,14 @@ impl VersionGate {
             .is_some_and(|(d, seen)| d == bytes && seen.contains(version))
     }
 
+    /// The versions upstream has answered with exactly these bytes.
+    pub fn versions(&self, manifest: &Path, bytes: &Digest) -> Vec<ClientVersion> {
+        match self.passed.lock().unwrap().get(manifest) {
+            Some((d, seen)) if d == bytes => seen.iter().cloned().collect(),
+            _ => Vec::new(),
+        }
+    }
+
     /// Upstream answered `version` with these bytes: new bytes start a new set, since upstream
     /// may gate a new manifest differently.
     pub fn record(&self, manifest: &Path, bytes: &Digest, version: &ClientVersion) {

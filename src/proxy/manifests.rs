@@ -75,10 +75,13 @@ pub async fn resolve_manifest(
     };
     let resolved = match lookup.fresh_hit() {
         Some(hit) => hit,
-        None => {
-            let fetched = fetch_upstream(state, &url, req_headers).await;
-            lookup.settle(&url, fetched).map_err(|r| *r)?
-        }
+        None => match lookup.from_cluster().await {
+            Some(hit) => hit,
+            None => {
+                let fetched = fetch_upstream(state, &url, req_headers).await;
+                lookup.settle(&url, fetched).map_err(|r| *r)?
+            }
+        },
     };
     if let Target::Tag(m) = &target {
         state.index.touch_manifest(m);
@@ -149,6 +152,97 @@ impl Lookup<'_> {
             return None;
         }
         Some(self.serve_cached())
+    }
+
+    /// Cluster mode: the store's copy when this node has no fresh one, under the same rules
+    /// as a local copy (young enough, this client's version passed by upstream). It is kept
+    /// here too, with the store's confirmation time as its own.
+    async fn from_cluster(&self) -> Option<Resolved> {
+        let c = self.state.cluster.get()?;
+        let key = self.cluster_key()?;
+        let m = crate::cluster::manifests::fetch(c, &key).await?;
+        let digest = Digest::of(&m.bytes);
+        let ttl = self.state.config().upstream.manifest_ttl.0;
+        let young = match self.target {
+            Target::Digest(d) => digest == *d,
+            Target::Tag(_) => m.confirmed.elapsed().is_ok_and(|age| age < ttl),
+        };
+        if !young || !m.versions.contains(&self.version.0) {
+            return None;
+        }
+        let path = &self.cached.path;
+        match store(self.state, path, &m.bytes) {
+            Ok(()) => {
+                let _ = std::fs::File::options()
+                    .write(true)
+                    .open(path)
+                    .and_then(|f| f.set_modified(m.confirmed));
+                if let Target::Tag(t) = self.target {
+                    self.state.index.record_fetched(t);
+                }
+            }
+            Err(e) => {
+                tracing::warn!(path = %path.display(), "cannot keep the store's manifest: {e}")
+            }
+        }
+        for v in m.versions {
+            self.state
+                .proxy
+                .gate
+                .record(path, &digest, &ClientVersion(v));
+        }
+        self.state
+            .proxy
+            .counters
+            .count(self.registry, Event::ManifestHit);
+        self.state
+            .proxy
+            .learn_manifest(self.registry, self.name, &m.bytes);
+        Some(Resolved {
+            bytes: m.bytes,
+            content_type: None,
+        })
+    }
+
+    /// The manifest's name in the cluster store; `None` for a path not in the cache's own
+    /// tree (never shared).
+    fn cluster_key(&self) -> Option<crate::cluster::manifests::ManifestKey> {
+        use crate::cluster::manifests::ManifestKey;
+        if !self.cached.contained {
+            return None;
+        }
+        Some(match self.target {
+            Target::Digest(d) => ManifestKey::Digest(d.file_name()),
+            Target::Tag(_) => {
+                let rel = self
+                    .cached
+                    .path
+                    .strip_prefix(self.state.layout.manifests_dir())
+                    .ok()?;
+                ManifestKey::Tag(rel.to_str()?.to_string())
+            }
+        })
+    }
+
+    /// Cluster mode: puts upstream's answer, with every version it has passed, into the store.
+    fn publish(&self, bytes: &[u8], digest: &Digest) {
+        let (Some(c), Some(key)) = (self.state.cluster.get(), self.cluster_key()) else {
+            return;
+        };
+        let m = crate::cluster::manifests::SharedManifest {
+            bytes: bytes.to_vec(),
+            confirmed: SystemTime::now(),
+            versions: self
+                .state
+                .proxy
+                .gate
+                .versions(&self.cached.path, digest)
+                .into_iter()
+                .map(|v| v.0)
+                .collect(),
+        };
+        let c = c.clone();
+        tokio::spawn(async move { crate::cluster::manifests::publish(&c, &key, &m).await });
     }
 
     fn serve_cached(&self) -> Resolved {
@@ -238,6 +332,7 @@ impl Lookup<'_> {
             .proxy
             .gate
             .record(&self.cached.path, &digest, &self.version);
+        self.publish(&bytes, &digest);
         counters.count(self.registry, Event::ManifestMiss);
         self.state
             .proxy
