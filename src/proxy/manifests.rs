@@ -75,7 +75,7 @@ pub async fn resolve_manifest(
     };
     let resolved = match lookup.fresh_hit() {
         Some(hit) => hit,
-        None => match lookup.from_cluster().await {
+        None => match lookup.shared_copy().await {
             Some(hit) => hit,
             None => {
                 let fetched = fetch_upstream(state, &url, req_headers).await;
@@ -157,7 +157,7 @@ impl Lookup<'_> {
     /// Cluster mode: the store's copy when this node has no fresh one, under the same rules
     /// as a local copy (young enough, this client's version passed by upstream). It is kept
     /// here too, with the store's confirmation time as its own.
-    async fn from_cluster(&self) -> Option<Resolved> {
+    async fn shared_copy(&self) -> Option<Resolved> {
         let c = self.state.cluster.get()?;
         let key = self.cluster_key()?;
         let m = crate::cluster::manifests::fetch(c, &key).await?;
