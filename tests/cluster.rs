@@ -7,11 +7,19 @@
 //!   lease names its holder to others, an expired one is taken over by exactly one node.
 //! - Clients on three nodes pulling one cold blob at once: upstream sends it once (1.00x),
 //!   every client gets the verified bytes; the store then holds the whole blob.
-//! - A blob pulled through node A is pulled through node B from the store: no upstream bytes.
+//! - A model pulled through node A is pulled through node B from the store, manifest byte for
+//!   byte and blobs: no upstream request at all; a client version upstream has not passed for
+//!   those bytes is still checked upstream (the version gate holds across the cluster).
+//! - DNS on every node answers the healthy nodes, itself first; a node killed drops out after
+//!   one lease TTL, a node stopped cleanly at once.
+//! - `prune --cluster` removes a named or old model's manifest and the blobs no kept manifest
+//!   references, never a blob being filled; the node's local copy stays; a model not in the
+//!   store, or a node not in cluster mode, is a clear error.
 //! - `kill -9` of the lease holder mid-fill: the other node's client ends verified or
 //!   aborted (never wrong bytes), and the blob is then served whole by the surviving nodes.
 //! - Store stopped: local hits keep working, a cold blob is filled alone from upstream, and
-//!   `lancachectl status` / `stats` (hence `/metrics`) say the store is unreachable.
+//!   `lancachectl status` / `stats` (hence `/metrics`) and `/health` (still 200) say the store
+//!   is unreachable.
 //! - Store objects are only ever whole, verified blobs (size and sha256 checked), a blob
 //!   above the single-PUT size too (multipart upload).
 
@@ -505,4 +513,128 @@ fn dns_answers_the_healthy_nodes_local_first() {
         Duration::from_secs(5),
         || dig_a(&c.nodes[1]) == [b.clone()],
     );
+}
+
+/// Pulls `repo:latest` through `addr` as a client does: the manifest, then every blob.
+fn pull(addr: SocketAddr, repo: &str) -> Vec<String> {
+    let m = raw_get(addr, REG, &format!("/v2/{repo}/manifests/latest"), &[]);
+    assert_eq!(m.status, 200, "{}", String::from_utf8_lossy(&m.body));
+    let v: serde_json::Value = serde_json::from_slice(&m.body).unwrap();
+    let mut dgs = vec![v["config"]["digest"].as_str().unwrap().to_string()];
+    for l in v["layers"].as_array().unwrap() {
+        dgs.push(l["digest"].as_str().unwrap().to_string());
+    }
+    for d in &dgs {
+        assert_eq!(get_repo_blob(addr, repo, d).0, 200, "{repo} {d}");
+    }
+    dgs
+}
+
+#[test]
+fn prune_cluster_removes_from_the_store_what_no_kept_manifest_needs() {
+    need_weed!();
+    let sw = Seaweed::start();
+    let up = FakeUpstream::start();
+    // Two models sharing their config blob.
+    let (_, x) = model_in(&up, "library/m1", 1 << 20, 61);
+    let (_, y) = model_in(&up, "library/m2", 1 << 20, 62);
+    let c = start_nodes(&sw, &up, "prune", 1, "10s");
+    let a = c.addrs[0];
+    let m1 = pull(a, "library/m1");
+    let m2 = pull(a, "library/m2");
+    let config = m1[0].clone();
+    assert_eq!(m2[0], config, "the models share their config");
+    wait_for("both models in the store", Duration::from_secs(30), || {
+        m1.iter()
+            .chain(&m2)
+            .all(|d| store_object(&sw, "prune", d).is_some())
+            && store_key(
+                &sw,
+                "prune",
+                "manifests/registry.ollama.ai/library/m1/latest",
+            )
+            .is_some()
+            && store_key(
+                &sw,
+                "prune",
+                "manifests/registry.ollama.ai/library/m2/latest",
+            )
+            .is_some()
+    });
+
+    // A dry run changes nothing, and says what would go: m1 and its own layer only.
+    let dry = c.nodes[0].ctl_json(&["prune", "--cluster", "--model", "m1", "--dry-run"]);
+    assert_eq!(dry["removed"][0]["name"], "m1:latest", "{dry}");
+    assert_eq!(dry["blobs_removed"], 1, "{dry}");
+    assert_eq!(dry["bytes_freed"], 1 << 20, "{dry}");
+    assert!(store_object(&sw, "prune", &x).is_some());
+
+    let done = c.nodes[0].ctl_json(&["prune", "--cluster", "--model", "m1"]);
+    assert_eq!(done["blobs_removed"], 1, "{done}");
+    assert!(
+        store_object(&sw, "prune", &x).is_none(),
+        "m1's own layer left the store"
+    );
+    assert!(
+        store_key(
+            &sw,
+            "prune",
+            "manifests/registry.ollama.ai/library/m1/latest"
+        )
+        .is_none(),
+        "m1's manifest left the store"
+    );
+    assert!(
+        store_object(&sw, "prune", &config).is_some(),
+        "m2 still needs the config"
+    );
+    assert!(store_object(&sw, "prune", &y).is_some());
+    // The node's own copy is its own: still a local hit.
+    let before = up.cdn_bytes();
+    assert_eq!(get_repo_blob(a, "library/m1", &x).0, 200);
+    assert_eq!(up.cdn_bytes(), before);
+
+    // A blob being filled (its lease is held) is never removed, however old the prune's age.
+    let orphan = blob_bytes(4096, 63);
+    let od = digest(&orphan);
+    let store = Store::new(&store_config(&sw, "prune")).unwrap();
+    let odg = Digest::parse(&od).unwrap();
+    rt().block_on(async {
+        store
+            .s3
+            .put(&store.blob(&odg), PutPayload::from(orphan.clone()))
+            .await
+            .unwrap();
+        let holder: SocketAddr = "127.0.0.99:80".parse().unwrap();
+        lease::acquire(&store, &odg, holder, Duration::from_secs(600))
+            .await
+            .unwrap();
+    });
+    std::thread::sleep(Duration::from_millis(1500));
+    let done = c.nodes[0].ctl_json(&["prune", "--cluster", "--older-than", "1s"]);
+    assert_eq!(done["removed"][0]["name"], "m2:latest", "{done}");
+    assert!(store_object(&sw, "prune", &y).is_none());
+    assert!(store_object(&sw, "prune", &config).is_none());
+    assert!(
+        store_object(&sw, "prune", &od).is_some(),
+        "a blob being filled stays"
+    );
+
+    // Named but absent: a clear error.
+    let out = c.nodes[0].ctl(&["prune", "--cluster", "--model", "nosuch:1b"]);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("not in the cluster store"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn prune_cluster_outside_cluster_mode_says_so() {
+    let d = Daemon::start();
+    let out = d.ctl(&["prune", "--cluster", "--older-than", "30d"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("not in cluster mode"), "{err}");
 }

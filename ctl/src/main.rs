@@ -77,7 +77,7 @@ enum Command {
     /// fetch itself (unless --include-local) are never removed. Fills in progress untouched for
     /// longer than --older-than (default 24h) are removed too.
     #[command(
-        after_help = "Examples:\n  lancachectl prune --older-than 30d\n  lancachectl prune --max-size 200GiB --dry-run\n  lancachectl prune --model llama3:8b\n  lancachectl prune --model hf.co/bartowski/llama-3.2-1b-instruct-gguf:Q4_K_M\n  lancachectl prune --model someone/mymodel:7b --include-local\n\nCriteria combine: --model names, plus models unused for --older-than, plus least\nrecently used models until the cache is under --max-size."
+        after_help = "Examples:\n  lancachectl prune --older-than 30d\n  lancachectl prune --max-size 200GiB --dry-run\n  lancachectl prune --model llama3:8b\n  lancachectl prune --model hf.co/bartowski/llama-3.2-1b-instruct-gguf:Q4_K_M\n  lancachectl prune --model someone/mymodel:7b --include-local\n  lancachectl prune --cluster --older-than 30d\n\nCriteria combine: --model names, plus models unused for --older-than, plus least\nrecently used models until the cache is under --max-size."
     )]
     Prune {
         /// Models not used for this long ("30d", "12h").
@@ -96,6 +96,10 @@ enum Command {
         /// Ollama models).
         #[arg(long)]
         include_local: bool,
+        /// Cluster mode: remove from the shared store, for every node (each node's own copy
+        /// stays its own); never a blob a kept manifest references or one being filled.
+        #[arg(long, conflicts_with = "include_local")]
+        cluster: bool,
     },
     /// Fill models into the cache ahead of time, with progress bars.
     ///
@@ -203,6 +207,7 @@ fn main() -> ExitCode {
             models,
             dry_run,
             include_local,
+            cluster,
         } => {
             if older_than.is_none() && max_size.is_none() && models.is_empty() {
                 eprintln!(
@@ -216,6 +221,7 @@ fn main() -> ExitCode {
                 models: models.clone(),
                 dry_run: *dry_run,
                 include_local: *include_local,
+                cluster: *cluster,
             })
         }
         Command::Prefetch { names, .. } => Request::Prefetch {

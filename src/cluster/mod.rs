@@ -18,6 +18,7 @@ pub mod lease;
 pub mod manifests;
 pub mod members;
 pub mod peer;
+pub mod prune;
 pub mod store;
 pub mod upload;
 

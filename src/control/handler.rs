@@ -98,6 +98,9 @@ async fn prune(state: &Arc<State>, p: PruneRequest) -> Response {
             "say what to prune: older_than_secs, max_size or models",
         );
     }
+    if p.cluster {
+        return prune_cluster(state, p).await;
+    }
     let mut models = Vec::new();
     let mut units = Vec::new();
     for n in &p.models {
@@ -159,6 +162,46 @@ async fn prune(state: &Arc<State>, p: PruneRequest) -> Response {
         Ok(Err(e @ PruneError::NotFound(_))) => error(ErrorKind::NotFound, e.to_string()),
         Ok(Err(e @ PruneError::Refused(_))) => error(ErrorKind::Failed, e.to_string()),
         Err(e) => error(ErrorKind::Failed, format!("prune: {e}")),
+    }
+}
+
+/// `prune --cluster`: the shared store, under the local prune's rules (src/cluster/prune.rs).
+async fn prune_cluster(state: &Arc<State>, p: PruneRequest) -> Response {
+    let Some(c) = state.cluster.get() else {
+        return error(
+            ErrorKind::BadRequest,
+            "prune --cluster: this node is not in cluster mode ([cluster] is not configured)",
+        );
+    };
+    let mut models = Vec::new();
+    for n in &p.models {
+        match crate::store::ModelRef::parse(n) {
+            Ok(m) => models.push(m),
+            Err(e) => return error(ErrorKind::BadRequest, e.to_string()),
+        }
+    }
+    let criteria = crate::cluster::prune::StorePrune {
+        older_than: p.older_than_secs.map(Duration::from_secs),
+        max_size: p.max_size,
+        models,
+        dry_run: p.dry_run,
+    };
+    match crate::cluster::prune::prune(c, &criteria).await {
+        Ok(report) => {
+            if !report.dry_run {
+                tracing::info!(
+                    models = ?report.names(),
+                    blobs = report.blobs_removed,
+                    bytes_freed = report.bytes_freed,
+                    "pruned the cluster store"
+                );
+            }
+            Response::Pruned(report.into())
+        }
+        Err(e @ crate::cluster::prune::StorePruneError::NotFound(_)) => {
+            error(ErrorKind::NotFound, e.to_string())
+        }
+        Err(e) => error(ErrorKind::Failed, format!("prune --cluster: {e}")),
     }
 }
 

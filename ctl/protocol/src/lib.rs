@@ -80,6 +80,9 @@ pub struct PruneRequest {
     pub dry_run: bool,
     /// Also models the daemon did not fetch itself (found in the directory).
     pub include_local: bool,
+    /// Cluster mode: prune the shared store instead of this node's cache.
+    #[serde(default)]
+    pub cluster: bool,
 }
 
 /// What the daemon answers. Every request gets exactly one response.
