@@ -100,22 +100,14 @@ pub async fn prune(c: &Cluster, p: &StorePrune) -> Result<PruneReport, StorePrun
     }
     let mut blobs: HashMap<Digest, (u64, SystemTime)> = HashMap::new();
     for meta in list(c.store.blobs_prefix()).await? {
-        if let Some(d) = meta
-            .location
-            .filename()
-            .and_then(|f| Digest::from_file_name(f))
-        {
+        if let Some(d) = meta.location.filename().and_then(Digest::from_file_name) {
             blobs.insert(d, (meta.size, meta.last_modified.into()));
         }
     }
     let filling: HashSet<Digest> = list(c.store.leases_prefix())
         .await?
         .iter()
-        .filter_map(|m| {
-            m.location
-                .filename()
-                .and_then(|f| Digest::from_file_name(f))
-        })
+        .filter_map(|m| m.location.filename().and_then(Digest::from_file_name))
         .collect();
 
     // Oldest first: the order `--max-size` removes in, and the report's.
