@@ -7,6 +7,7 @@ mod util;
 mod activation;
 mod bundles;
 mod cluster;
+mod cluster_lan;
 mod config;
 mod control;
 mod distribution;

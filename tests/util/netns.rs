@@ -135,6 +135,84 @@ impl Drop for NetNs {
     }
 }
 
+/// A LAN of test hosts: a switch namespace holding a bridge (`br0`, [`Lan::SWITCH_IP`]/24,
+/// where the test's shared services listen) and one namespace per host, joined to the bridge
+/// by a veth pair (`eth0` at [`Lan::host_ip`]). Every address lives inside namespaces this
+/// test created, so parallel tests never collide and nothing reaches the machine's own network.
+pub struct Lan {
+    pub switch: NetNs,
+    pub hosts: Vec<NetNs>,
+}
+
+impl Lan {
+    pub const SWITCH_IP: &'static str = "10.214.0.1";
+
+    pub fn host_ip(i: usize) -> String {
+        format!("10.214.0.{}", 11 + i)
+    }
+
+    pub fn new(n: usize) -> Lan {
+        let switch = NetNs::new(&[]);
+        let sw = switch.name.clone();
+        ip(&["-n", &sw, "link", "add", "br0", "type", "bridge"]);
+        ip(&[
+            "-n",
+            &sw,
+            "addr",
+            "add",
+            &format!("{}/24", Lan::SWITCH_IP),
+            "dev",
+            "br0",
+        ]);
+        ip(&["-n", &sw, "link", "set", "br0", "up"]);
+        let hosts = (0..n)
+            .map(|i| {
+                let h = NetNs::new(&[]);
+                let port = format!("p{i}");
+                ip(&[
+                    "-n", &sw, "link", "add", &port, "type", "veth", "peer", "name", "eth0",
+                    "netns", &h.name,
+                ]);
+                ip(&["-n", &sw, "link", "set", &port, "master", "br0"]);
+                ip(&["-n", &sw, "link", "set", &port, "up"]);
+                let addr = format!("{}/24", Lan::host_ip(i));
+                ip(&["-n", &h.name, "addr", "add", &addr, "dev", "eth0"]);
+                ip(&["-n", &h.name, "link", "set", "eth0", "up"]);
+                h
+            })
+            .collect();
+        Lan { switch, hosts }
+    }
+
+    /// Shapes host `i`'s link to `rate` (tc's syntax, e.g. "1gbit") in both directions.
+    pub fn shape(&self, i: usize, rate: &str) {
+        let tbf = |ns: &str, dev: &str| {
+            ip_tc(
+                ns,
+                &[
+                    "qdisc", "replace", "dev", dev, "root", "tbf", "rate", rate, "burst", "1mb",
+                    "latency", "50ms",
+                ],
+            );
+        };
+        tbf(&self.hosts[i].name, "eth0");
+        tbf(&self.switch.name, &format!("p{i}"));
+    }
+}
+
+fn ip_tc(ns: &str, args: &[&str]) {
+    let out = Command::new("ip")
+        .args(["netns", "exec", ns, "tc"])
+        .args(args)
+        .output()
+        .expect("run tc");
+    assert!(
+        out.status.success(),
+        "tc {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 /// Whether this process may create namespaces (root with iproute2); tests that need it skip
 /// loudly otherwise, like any missing program.
 pub fn available() -> bool {

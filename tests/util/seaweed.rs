@@ -12,6 +12,8 @@ pub const SECRET_KEY: &str = "lancacheSECRET";
 
 pub struct Seaweed {
     pub dir: tempfile::TempDir,
+    /// The address every SeaweedFS server advertises and is reached at.
+    pub ip: String,
     pub s3_port: u16,
     procs: Vec<Child>,
 }
@@ -50,9 +52,14 @@ impl Seaweed {
     /// Starts the store, again on fresh ports when a process dies while coming up (a port taken
     /// by another test in the meantime makes `weed` exit with a listener error).
     pub fn start() -> Seaweed {
+        Self::start_on("127.0.0.1")
+    }
+
+    /// As [`start`](Self::start), on `ip` (an address of the calling thread's namespace).
+    pub fn start_on(ip: &str) -> Seaweed {
         let mut failures = Vec::new();
         for _ in 0..3 {
-            match Self::try_start() {
+            match Self::try_start(ip) {
                 Ok(sw) => return sw,
                 Err(why) => failures.push(why),
             }
@@ -63,7 +70,7 @@ impl Seaweed {
         );
     }
 
-    fn try_start() -> Result<Seaweed, String> {
+    fn try_start(ip: &str) -> Result<Seaweed, String> {
         let dir = tempfile::Builder::new()
             .prefix("seaweed")
             .tempdir()
@@ -94,10 +101,11 @@ impl Seaweed {
         let s3_port = p[0];
         let log = |name: &str| std::fs::File::create(d.join(name)).unwrap();
         // `HOST:PORT.GRPC`: without it the volume server assumes the gRPC port is PORT+10000.
-        let master = format!("127.0.0.1:{}.{}", p[1], p[2]);
+        let master = format!("{ip}:{}.{}", p[1], p[2]);
         let server = Command::new("weed")
             .arg("server")
-            .args(["-ip=127.0.0.1", "-s3", "-filer"])
+            .arg(format!("-ip={ip}"))
+            .args(["-s3", "-filer"])
             .arg(format!("-dir={}", d.join("v1").display()))
             .arg(format!("-master.port={}", p[1]))
             .arg(format!("-master.port.grpc={}", p[2]))
@@ -118,7 +126,7 @@ impl Seaweed {
             .expect("run weed server");
         let volume2 = Command::new("weed")
             .arg("volume")
-            .arg("-ip=127.0.0.1")
+            .arg(format!("-ip={ip}"))
             .arg(format!("-dir={}", d.join("v2").display()))
             .arg(format!("-port={}", p[9]))
             .arg(format!("-port.grpc={}", p[10]))
@@ -129,6 +137,7 @@ impl Seaweed {
             .expect("run weed volume");
         let mut sw = Seaweed {
             dir,
+            ip: ip.to_string(),
             s3_port,
             procs: vec![server, volume2],
         };
@@ -167,7 +176,7 @@ impl Seaweed {
     }
 
     pub fn endpoint(&self) -> String {
-        format!("http://127.0.0.1:{}", self.s3_port)
+        format!("http://{}:{}", self.ip, self.s3_port)
     }
 
     pub fn credentials_file(&self) -> PathBuf {
@@ -187,7 +196,7 @@ impl Seaweed {
 
     /// Whether the S3 port accepts connections.
     pub fn listening(&self) -> bool {
-        TcpStream::connect(("127.0.0.1", self.s3_port)).is_ok()
+        TcpStream::connect((self.ip.as_str(), self.s3_port)).is_ok()
     }
 
     /// Stops every SeaweedFS process (the store is lost).

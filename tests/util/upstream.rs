@@ -126,8 +126,14 @@ pub fn blob_bytes(len: usize, seed: u64) -> Vec<u8> {
 
 impl FakeUpstream {
     pub fn start() -> FakeUpstream {
-        let reg = TcpListener::bind("127.0.0.1:0").unwrap();
-        let cdn = TcpListener::bind("127.0.0.2:0").unwrap();
+        Self::start_on("127.0.0.1", "127.0.0.2")
+    }
+
+    /// The registry on `registry_ip` and its CDN on `cdn_ip` (addresses of the calling
+    /// thread's network namespace), each on a port of its own.
+    pub fn start_on(registry_ip: &str, cdn_ip: &str) -> FakeUpstream {
+        let reg = TcpListener::bind((registry_ip, 0)).unwrap();
+        let cdn = TcpListener::bind((cdn_ip, 0)).unwrap();
         let shared = Arc::new(Shared {
             manifests: Mutex::new(HashMap::new()),
             blobs: Mutex::new(HashMap::new()),
