@@ -3,17 +3,17 @@
 # it measures against from Debian if they are missing, runs every part side by side with its
 # anchor in one run (medians of RUNS runs), and prints one table:
 #   measure | lancached | anchor | ratio | goal | met?
-# The parts are scripts/bench/{http,https,dns,startup,uplink,hf}.sh, which also run stand-alone; each prints
+# The parts are scripts/bench/{http,https,dns,startup,uplink,hf,cluster}.sh, which also run stand-alone; each prints
 # `RESULT key=value` lines, collected here. Loopback and the script's own network namespace only.
 # See docs/benchmarks.md.
 #   usage: scripts/bench.sh
-#   env:   RUNS=5 (medians of), SKIP_BUILD=1, PARTS=http,https,dns,startup,uplink,hf, LOG=<file for all output>,
+#   env:   RUNS=5 (medians of), SKIP_BUILD=1, PARTS=http,https,dns,startup,uplink,hf,cluster, LOG=<file for all output>,
 #          and each part's own (SIZE_MIB, BYTES_MIB, LINK_MIB, LINK_RATE, SECS, BLOBS, ...)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$(pwd)
 export RUNS=${RUNS:-5}
-PARTS=${PARTS:-http,https,dns,startup,uplink,hf}
+PARTS=${PARTS:-http,https,dns,startup,uplink,hf,cluster}
 log=${LOG:-$(mktemp /tmp/lancache-bench.XXXXXX.log)}
 
 # Debian peers: "command package" pairs; install only what is missing.
@@ -141,6 +141,15 @@ row() {
     row "HF hit over TLS (huggingface.co), HTTP/1.1, 1 stream (GiB/s)" hf.tls.h1.1.lancached.gibps hf.tls.h1.1.nginx.gibps "nginx TLS" ge 1.0
     row "HF hit over TLS (huggingface.co), h2, 16 ranges (GiB/s)" hf.tls.h2.16.lancached.gibps hf.tls.h2.16.nginx.gibps "nginx TLS" ge 1.0
     row "HF cold snapshot_download, upstream over a ${LINK_RATE:-1gbit} veth (GiB/s)" hf.link.lancached.gibps hf.link.direct.gibps "direct over the same link" ge 0.95 3
+  fi
+  if [[ ,$PARTS, == *,cluster,* ]]; then
+    for n in 1 2 3; do
+      row "cluster hit, $n node(s), one stream each (GiB/s, all)" hit$n.cluster.gibps hit$n.solo.gibps "one standalone node, $n stream(s)" ge 0.9
+      row "cluster hit server CPU-s per GiB, $n node(s)" hit$n.cluster.cpu_per_gib hit$n.solo.cpu_per_gib "one standalone node" le 1.1 3
+    done
+    row "cluster cold, node B while A fills (GiB/s)" cold.b_while_a.gibps cold.solo.gibps "one standalone node, cold" ge 0.9
+    row "cluster upstream bytes / blob, A and B cold at once" cold.upstream_ratio "" "" eq 1.00
+    row "cluster node B from the store (GiB/s)" store.b.gibps store.upstream.gibps "fresh pull over a ${LINK_RATE:-1gbit} veth" ge 1.0
   fi
   if [[ ,$PARTS, == *,startup,* ]]; then
     row "start-up to READY=1, ${BLOBS:-10000} blobs, index present (ms)" startup.warm_index.ready_ms "" "" absle 100 1

@@ -44,8 +44,10 @@ impl Fetcher for ClusterFetcher {
         );
         let hops = crate::proxy::upstream::hop_value();
         Box::pin(async move {
-            // Holding the lease already: upstream, as a standalone node would.
-            if c.holds(&digest) {
+            // Holding the lease already: upstream, as a standalone node would. A store that
+            // failed its last request is not asked again slice by slice: the node fills alone
+            // until the heartbeat (src/cluster/members.rs) finds the store answering again.
+            if c.holds(&digest) || !c.reachable() {
                 return upstream.fetch(start, end).await;
             }
             let opts = GetOptions {

@@ -8,6 +8,7 @@
 
 use anyhow::{anyhow, bail, Context, Result};
 use object_store::aws::{AmazonS3, AmazonS3Builder, S3ConditionalPut};
+use object_store::RetryConfig;
 use object_store::path::Path as ObjPath;
 use std::sync::Arc;
 
@@ -99,7 +100,15 @@ impl Store {
             .with_access_key_id(creds.access_key_id.clone())
             .with_secret_access_key(creds.secret.clone())
             // If-Match / If-None-Match on PUT: the lease's election (docs/cluster.md).
-            .with_conditional_put(S3ConditionalPut::ETagMatch);
+            .with_conditional_put(S3ConditionalPut::ETagMatch)
+            // A LAN store either answers at once or is sick: object_store's defaults (10
+            // retries within 3 minutes) would make every slice of a fill wait seconds on a
+            // store that answers 500, where filling alone is the better answer.
+            .with_retry(RetryConfig {
+                max_retries: 2,
+                retry_timeout: std::time::Duration::from_secs(5),
+                ..Default::default()
+            });
         if !cfg.endpoint.is_empty() {
             b = b
                 .with_endpoint(cfg.endpoint.clone())
