@@ -442,7 +442,10 @@ filter = "{log_filter}"
         if os.path.isdir(partial):
             for f in os.listdir(partial):
                 p = os.path.join(partial, f)
-                shutil.rmtree(p, ignore_errors=True) if os.path.isdir(p) else os.remove(p)
+                try:
+                    shutil.rmtree(p, ignore_errors=True) if os.path.isdir(p) else os.remove(p)
+                except FileNotFoundError:
+                    pass  # a fill finishing removes its own partial state
 
     def wait_published(self, hexd, timeout=120):
         end = time.monotonic() + timeout

@@ -169,9 +169,19 @@ def part_hit(work, sw, up):
     os.remove(path)
 
 
+def filling(lc, hexd):
+    partial = os.path.join(lc.cache, ".lancached", "partial")
+    try:
+        return any(f.startswith("sha256-" + hexd) for f in os.listdir(partial))
+    except FileNotFoundError:
+        return False
+
+
 def forget(up, lcs, hexd):
-    """Drops a run's blob from the nodes and upstream (disk and page cache stay small)."""
+    """Drops a run's blob from the nodes and upstream (disk and page cache stay small), once
+    each node has published it."""
     for lc in lcs:
+        lc.wait_published(hexd)
         lc.make_cold(hexd)
     os.remove(os.path.join(up.dir, "blobs", hexd))
 
@@ -203,20 +213,19 @@ def part_cold(work, sw, up):
             manifest(first, repo)
             manifest(second, repo)
             p1 = curl(blob_url(first, repo, hexd), extra=HOST)
+            # The fill runs once its partial file exists (in the cluster: A took the lease
+            # before it created it). Polled on the file system: a status call per poll would
+            # load the two cores the pulls share.
             end = time.monotonic() + 10
-            while time.monotonic() < end:
-                if kind == "cluster" and ctl_status(a)["cluster"]["leases_held"]:
-                    break
-                if kind == "solo2" and up.served(mark)[1:]:
-                    break
-                time.sleep(0.01)
+            while time.monotonic() < end and not filling(first, hexd):
+                time.sleep(0.002)
             rate = COLD / GIB / fetch(blob_url(second, repo, hexd), COLD, 1, HOST)
             if p1.wait() != 0:
                 raise SystemExit("the first client's cold download failed")
             (rb if kind == "cluster" else rs2).append(rate)
             if kind == "cluster":
                 ratio.append(up.blob_bytes(hexd, mark) / COLD)
-            forget(up, [first, second], hexd)
+            forget(up, [first] if first is second else [first, second], hexd)
     say(f"(cold) {COLD >> 20} MiB blob, upstream nginx on loopback, 1 stream, median of {RUNS}")
     say(f"    standalone node, one client          {median(rs):6.2f} GiB/s")
     say(f"    standalone node, its second client   {median(rs2):6.2f} GiB/s")
