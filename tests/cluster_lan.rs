@@ -9,6 +9,8 @@
 //!   itself has checked every blob's sha256.
 //! - A model pulled through node A, then through node B: B serves it from the store (manifest
 //!   and blobs), no request upstream.
+//! - The store stopped: a node's local copy is still served, a cold model is filled alone from
+//!   upstream, and `status` says the store is unreachable.
 //! - `kill -9` of the fill's lease holder mid-fill: the clients end verified (the model listed
 //!   with the right ID) or aborted (the pull fails), never with wrong bytes (in practice both
 //!   complete: the killed node's client falls over to the next resolver and node); the surviving nodes

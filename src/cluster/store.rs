@@ -8,8 +8,8 @@
 
 use anyhow::{anyhow, bail, Context, Result};
 use object_store::aws::{AmazonS3, AmazonS3Builder, S3ConditionalPut};
-use object_store::RetryConfig;
 use object_store::path::Path as ObjPath;
+use object_store::RetryConfig;
 use std::sync::Arc;
 
 use crate::config::ClusterConfig;
