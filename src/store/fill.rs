@@ -165,8 +165,12 @@ pub struct Fill {
     /// Serialises slice-map writes, and orders them before publication's removal of the map.
     map_io: Mutex<()>,
     sync: SyncFn,
-    /// Bumped on every write and state change; waiters and the hasher sleep on it.
+    /// Bumped on every write and state change; waiters and the persister sleep on it.
     progress: watch::Sender<u64>,
+    /// The same bumps for the hashing thread, which sleeps outside the runtime: a generation
+    /// count, and whether the fill's driver is gone (then the thread stops, so that dropping
+    /// the runtime at shutdown never waits on a hash that nobody will finish).
+    hash_wake: (Mutex<(u64, bool)>, std::sync::Condvar),
     /// A write failed for want of space (ENOSPC, EDQUOT): the fill's files go when it fails.
     out_of_space: std::sync::atomic::AtomicBool,
 }
@@ -468,6 +472,7 @@ impl Fill {
             map_io: Mutex::new(()),
             sync,
             progress: watch::channel(0).0,
+            hash_wake: (Mutex::new((0, false)), std::sync::Condvar::new()),
             out_of_space: std::sync::atomic::AtomicBool::new(false),
         };
         if let Some(m) = &previous {
@@ -538,6 +543,10 @@ impl Fill {
 
     fn notify(&self) {
         self.progress.send_modify(|g| *g = g.wrapping_add(1));
+        let (m, c) = &self.hash_wake;
+        let mut w = m.lock().unwrap();
+        w.0 = w.0.wrapping_add(1);
+        c.notify_all();
     }
 
     fn fail(&self, why: String) {
@@ -821,14 +830,14 @@ async fn fetch_slice(
                             .await;
                         pending.push(chunk);
                         if pending.len >= WRITE_BATCH {
-                            write_pending(fill, i, start, &mut pos, &mut pending, counters).await?;
+                            write_pending(fill, i, start, &mut pos, &mut pending, counters)?;
                         }
                     }
                 }
             };
             // What arrived before an error is good data at the right offset: keep it, so the
             // retry resumes after it.
-            write_pending(fill, i, start, &mut pos, &mut pending, counters).await?;
+            write_pending(fill, i, start, &mut pos, &mut pending, counters)?;
             received?;
             if pos != end + 1 {
                 return Err(FetchError::new(
@@ -907,8 +916,11 @@ fn write_all_vectored_at(
     Ok(())
 }
 
-/// Writes gathered bytes at `pos` and tells the waiters.
-async fn write_pending(
+/// Writes gathered bytes at `pos` and tells the waiters. The `pwritev` runs right here on the
+/// task that received the bytes: it copies into the page cache and does not wait for the disk
+/// (the persister's back-to-back `fdatasync`s keep dirty pages from piling up to the point of
+/// write throttling), so a hop to the blocking pool per batch would cost more than it saves.
+fn write_pending(
     fill: &Fill,
     i: usize,
     start: u64,
@@ -921,15 +933,10 @@ async fn write_pending(
     }
     let Pending { chunks, len } = std::mem::take(pending);
     let n = len as u64;
-    let file = fill.file.clone();
-    let at = *pos;
-    tokio::task::spawn_blocking(move || write_all_vectored_at(&file, chunks, at))
-        .await
-        .map_err(|e| FetchError::new("disk", e.to_string()))?
-        .map_err(|e| {
-            fill.note_io_error(&e);
-            FetchError::new("disk", e.to_string())
-        })?;
+    write_all_vectored_at(&fill.file, chunks, *pos).map_err(|e| {
+        fill.note_io_error(&e);
+        FetchError::new("disk", e.to_string())
+    })?;
     *pos += n;
     fill.state.lock().unwrap().written[i] = *pos - start;
     counters.count(&fill.origin.registry, Event::BytesFromUpstream(n));
@@ -939,12 +946,34 @@ async fn write_pending(
 
 /// Hashes the contiguous written prefix as it grows; at the end publishes or discards.
 async fn hash_and_publish(fill: &Arc<Fill>) -> Result<(), FetchError> {
-    let mut rx = fill.progress.subscribe();
+    // One thread for the whole blob: it hashes from the mapping while the prefix grows and
+    // sleeps on the fill's progress when it has caught up, so no byte costs a hand-off
+    // between threads, and the hash, the one thing a verified fill cannot spread over cores,
+    // runs where the scheduler can keep it on a core of its own.
+    struct Stop<'a>(&'a Fill);
+    impl Drop for Stop<'_> {
+        fn drop(&mut self) {
+            // Also when the driver is dropped unfinished (shutdown): the thread ends.
+            let (m, c) = &self.0.hash_wake;
+            m.lock().unwrap().1 = true;
+            c.notify_all();
+        }
+    }
+    let _stop = Stop(fill);
+    let f = fill.clone();
+    let digest = tokio::task::spawn_blocking(move || hash_prefix(&f))
+        .await
+        .map_err(|e| FetchError::new("disk", e.to_string()))??;
+    finish(fill, digest).await
+}
+
+/// Follows the contiguous written prefix of `fill` to its end; returns the blob's digest.
+fn hash_prefix(fill: &Fill) -> Result<String, FetchError> {
     let mut hasher = sha2::Sha256::new();
     let mut pos = 0u64;
-    let mut buf = vec![0u8; READ_CHUNK];
+    let mut buf = Vec::new();
     while pos < fill.size {
-        rx.borrow_and_update();
+        let seen = fill.hash_wake.0.lock().unwrap().0;
         let avail = {
             let st = fill.state.lock().unwrap();
             if let Outcome::Failed(e) = &st.outcome {
@@ -953,35 +982,35 @@ async fn hash_and_publish(fill: &Arc<Fill>) -> Result<(), FetchError> {
             fill.contiguous_end(&st, pos)
         };
         if avail > pos {
-            let f = fill.file.clone();
-            let map = fill.mapping.clone();
             let want = (avail - pos).min(4 * READ_CHUNK as u64) as usize;
-            let at = pos;
-            let (h, b, n) = tokio::task::spawn_blocking(move || {
-                if let Some(map) = map {
-                    hasher.update(&map.bytes()[at as usize..at as usize + want]);
-                    return Ok((hasher, buf, want));
-                }
-                let want = want.min(buf.len());
-                let r = f.read_exact_at(&mut buf[..want], at);
-                r.map(|()| {
-                    hasher.update(&buf[..want]);
-                    (hasher, buf, want)
-                })
-            })
-            .await
-            .map_err(|e| FetchError::new("disk", e.to_string()))?
-            .map_err(|e| FetchError::new("disk", e.to_string()))?;
-            hasher = h;
-            buf = b;
-            pos += n as u64;
+            if let Some(map) = &fill.mapping {
+                hasher.update(&map.bytes()[pos as usize..pos as usize + want]);
+                pos += want as u64;
+            } else {
+                let want = want.min(READ_CHUNK);
+                buf.resize(want, 0);
+                fill.file
+                    .read_exact_at(&mut buf[..want], pos)
+                    .map_err(|e| FetchError::new("disk", e.to_string()))?;
+                hasher.update(&buf[..want]);
+                pos += want as u64;
+            }
             continue;
         }
-        if rx.changed().await.is_err() {
+        let (m, c) = &fill.hash_wake;
+        let mut w = m.lock().unwrap();
+        while w.0 == seen && !w.1 {
+            w = c.wait(w).unwrap();
+        }
+        if w.1 {
             return Err(FetchError::new("failed", "fill dropped"));
         }
     }
-    let got = format!("sha256:{}", hex::encode(hasher.finalize()));
+    Ok(format!("sha256:{}", hex::encode(hasher.finalize())))
+}
+
+/// The verdict on a fully hashed blob: publish it on a match, discard it otherwise.
+async fn finish(fill: &Arc<Fill>, got: String) -> Result<(), FetchError> {
     let f = fill.clone();
     if got != fill.digest.as_str() {
         let _ = tokio::task::spawn_blocking(move || {
