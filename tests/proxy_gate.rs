@@ -87,11 +87,15 @@ fn a_cached_manifest_never_skips_the_version_gate() {
     let r = get(&d, NEVER_SEEN);
     assert_eq!(r.status, 200);
     assert_eq!(r.body, manifest);
-    assert!(
-        d.stderr()
-            .contains("without upstream's version check for this client"),
-        "{}",
-        d.stderr()
+    // The log line is written before the answer, but read from the daemon's stderr by a
+    // thread of the harness: wait for it rather than race it.
+    crate::util::wait_for(
+        "the log to say the version went unchecked",
+        std::time::Duration::from_secs(5),
+        || {
+            d.stderr()
+                .contains("without upstream's version check for this client")
+        },
     );
 }
 
