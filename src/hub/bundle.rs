@@ -20,7 +20,7 @@
 
 use sha1::Digest as _;
 use std::collections::{BTreeMap, BTreeSet};
-use std::io::{Read, Write};
+use std::io::Read;
 use std::path::{Path, PathBuf};
 
 use super::inventory;
@@ -220,29 +220,8 @@ fn stage_small(
         .map_err(|e| ImportError(format!("cannot stage member {path:?}: {e}")))?;
     let mut h = sha1::Sha1::new();
     h.update(format!("blob {size}\0").as_bytes());
-    let mut buf = vec![0u8; 1 << 20];
-    let mut got = 0u64;
-    loop {
-        let n = match data.read(&mut buf) {
-            Ok(0) => break,
-            Ok(n) => n,
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-            Err(e) => {
-                return Err(ImportError(format!(
-                    "member {path:?}: truncated or unreadable: {e}"
-                )))
-            }
-        };
-        h.update(&buf[..n]);
-        out.write_all(&buf[..n])
-            .map_err(|e| ImportError(format!("cannot stage member {path:?}: {e}")))?;
-        got += n as u64;
-    }
-    if got < size {
-        return Err(ImportError(format!(
-            "member {path:?}: truncated: the archive ends after {got} of its {size} bytes"
-        )));
-    }
+    let member = format!("member {path:?}");
+    let got = import::copy_hashing(data, &mut out, &member, size, &mut |b| h.update(b))?;
     let sum: String = h.finalize().iter().map(|b| format!("{b:02x}")).collect();
     if got != size || sum != hash {
         return Err(ImportError(format!(

@@ -285,25 +285,9 @@ pub fn stage_blob(
         .open(&path)
         .or_else(|e| err(format!("cannot stage {member}: {e}")))?;
     let mut hasher = Sha256::new();
-    let mut buf = vec![0u8; 1 << 20];
-    let mut size = 0u64;
-    loop {
-        let n = match src.read(&mut buf) {
-            Ok(0) => break,
-            Ok(n) => n,
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-            Err(e) => return err(format!("{member}: truncated or unreadable: {e}")),
-        };
-        hasher.update(&buf[..n]);
-        out.write_all(&buf[..n])
-            .or_else(|e| err(format!("cannot stage {member}: {e}")))?;
-        size += n as u64;
-    }
-    if size < declared {
-        return err(format!(
-            "{member}: truncated: the archive ends after {size} of its {declared} bytes"
-        ));
-    }
+    let size = copy_hashing(&mut src, &mut out, member, declared, &mut |b| {
+        hasher.update(b)
+    })?;
     let got = hex(&hasher.finalize());
     if got != digest.hex() {
         return err(format!(
@@ -313,6 +297,38 @@ pub fn stage_blob(
     out.sync_all()
         .or_else(|e| err(format!("cannot stage {member}: fsync: {e}")))?;
     Ok((path, size))
+}
+
+/// Copies a member's bytes from `src` to its staging file `out`, feeding each to `hash`, and
+/// refuses a member shorter than the `declared` size: the part of staging that is the same
+/// whichever hash names the member. Returns the bytes copied; checking the hash is the caller's.
+pub fn copy_hashing(
+    src: &mut dyn Read,
+    out: &mut std::fs::File,
+    member: &str,
+    declared: u64,
+    hash: &mut dyn FnMut(&[u8]),
+) -> Result<u64, ImportError> {
+    let mut buf = vec![0u8; 1 << 20];
+    let mut size = 0u64;
+    loop {
+        let n = match src.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => return err(format!("{member}: truncated or unreadable: {e}")),
+        };
+        hash(&buf[..n]);
+        out.write_all(&buf[..n])
+            .or_else(|e| err(format!("cannot stage {member}: {e}")))?;
+        size += n as u64;
+    }
+    if size < declared {
+        return err(format!(
+            "{member}: truncated: the archive ends after {size} of its {declared} bytes"
+        ));
+    }
+    Ok(size)
 }
 
 fn hex(b: &[u8]) -> String {
