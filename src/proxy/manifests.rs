@@ -144,14 +144,20 @@ impl Lookup<'_> {
     /// never ages) and already answered by upstream for this client's version.
     fn fresh_hit(&self) -> Option<Resolved> {
         let (bytes, confirmed) = self.cached.copy.as_ref()?;
-        let ttl = self.state.config().upstream.manifest_ttl.0;
-        let young = matches!(self.target, Target::Digest(_))
-            || confirmed.elapsed().is_ok_and(|age| age < ttl);
         let gate = &self.state.proxy.gate;
-        if !young || !gate.passed(&self.cached.path, &Digest::of(bytes), &self.version) {
+        if !self.young(*confirmed)
+            || !gate.passed(&self.cached.path, &Digest::of(bytes), &self.version)
+        {
             return None;
         }
         Some(self.serve_cached())
+    }
+
+    /// Whether a copy upstream confirmed at `confirmed` may be served without asking it again:
+    /// younger than `upstream.manifest_ttl`, or asked for by digest (which never ages).
+    fn young(&self, confirmed: SystemTime) -> bool {
+        let ttl = self.state.config().upstream.manifest_ttl.0;
+        matches!(self.target, Target::Digest(_)) || confirmed.elapsed().is_ok_and(|age| age < ttl)
     }
 
     /// Cluster mode: the store's copy when this node has no fresh one, under the same rules
@@ -162,21 +168,14 @@ impl Lookup<'_> {
         let key = self.cluster_key()?;
         let m = crate::cluster::manifests::fetch(c, &key).await?;
         let digest = Digest::of(&m.bytes);
-        let ttl = self.state.config().upstream.manifest_ttl.0;
-        let young = match self.target {
-            Target::Digest(d) => digest == *d,
-            Target::Tag(_) => m.confirmed.elapsed().is_ok_and(|age| age < ttl),
-        };
-        if !young || !m.versions.contains(&self.version.0) {
+        let misnamed = matches!(self.target, Target::Digest(d) if digest != *d);
+        if misnamed || !self.young(m.confirmed) || !m.versions.contains(&self.version.0) {
             return None;
         }
         let path = &self.cached.path;
         match store(self.state, path, &m.bytes) {
             Ok(()) => {
-                let _ = std::fs::File::options()
-                    .write(true)
-                    .open(path)
-                    .and_then(|f| f.set_modified(m.confirmed));
+                set_confirmed(path, m.confirmed);
                 if let Target::Tag(t) = self.target {
                     self.state.index.record_fetched(t);
                 }
@@ -191,17 +190,7 @@ impl Lookup<'_> {
                 .gate
                 .record(path, &digest, &ClientVersion(v));
         }
-        self.state
-            .proxy
-            .counters
-            .count(self.registry, Event::ManifestHit);
-        self.state
-            .proxy
-            .learn_manifest(self.registry, self.name, &m.bytes);
-        Some(Resolved {
-            bytes: m.bytes,
-            content_type: None,
-        })
+        Some(self.hit(m.bytes))
     }
 
     /// The manifest's name in the cluster store; `None` for a path not in the cache's own
@@ -247,15 +236,21 @@ impl Lookup<'_> {
 
     fn serve_cached(&self) -> Resolved {
         let (bytes, _) = self.cached.copy.as_ref().expect("a cached copy");
+        self.hit(bytes.clone())
+    }
+
+    /// Serves manifest bytes the cache already had (this node's or the cluster store's): a
+    /// hit, and the model's blobs learned from them.
+    fn hit(&self, bytes: Vec<u8>) -> Resolved {
         self.state
             .proxy
             .counters
             .count(self.registry, Event::ManifestHit);
         self.state
             .proxy
-            .learn_manifest(self.registry, self.name, bytes);
+            .learn_manifest(self.registry, self.name, &bytes);
         Resolved {
-            bytes: bytes.clone(),
+            bytes,
             content_type: None,
         }
     }
@@ -350,10 +345,7 @@ impl Lookup<'_> {
         if let Some((old, _)) = &self.cached.copy {
             CacheCounters::bump(&counters.manifest_revalidations);
             if old[..] == *bytes {
-                let _ = std::fs::File::options()
-                    .write(true)
-                    .open(path)
-                    .and_then(|f| f.set_modified(SystemTime::now()));
+                set_confirmed(path, SystemTime::now());
                 return;
             }
         }
@@ -417,6 +409,15 @@ async fn fetch_upstream(state: &State, url: &Uri, req_headers: &HeaderMap) -> Fe
     tokio::time::timeout(MANIFEST_TIMEOUT, fetch)
         .await
         .unwrap_or_else(|_| Err(anyhow::anyhow!("upstream took over {MANIFEST_TIMEOUT:?}")))
+}
+
+/// Records when upstream last confirmed the manifest at `path`: its mtime, which
+/// [`read_cached`] reads back. Best effort: a failure only makes the copy look older.
+fn set_confirmed(path: &PathBuf, at: SystemTime) {
+    let _ = std::fs::File::options()
+        .write(true)
+        .open(path)
+        .and_then(|f| f.set_modified(at));
 }
 
 /// Reads a cached manifest and when it was last confirmed by upstream (its mtime).
