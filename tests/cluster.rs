@@ -198,26 +198,13 @@ fn get_repo_blob(addr: SocketAddr, repo: &str, dg: &str) -> (u16, Vec<u8>) {
 
 /// The store's copy of `dg`, if there is one.
 fn store_object(sw: &Seaweed, bucket: &str, dg: &str) -> Option<Vec<u8>> {
-    let store = Store::new(&store_config(sw, bucket)).unwrap();
     let d = Digest::parse(dg).unwrap();
-    rt().block_on(async {
-        match store.s3.get(&store.blob(&d)).await {
-            Ok(g) => Some(g.bytes().await.unwrap().to_vec()),
-            Err(_) => None,
-        }
-    })
+    store_key(sw, bucket, &format!("blobs/{}", d.file_name()))
 }
 
 /// The store's object at `rel` under the test prefix, if there is one.
 fn store_key(sw: &Seaweed, bucket: &str, rel: &str) -> Option<Vec<u8>> {
-    let store = Store::new(&store_config(sw, bucket)).unwrap();
-    let path = object_store::path::Path::from(format!("lan/{rel}"));
-    rt().block_on(async {
-        match store.s3.get(&path).await {
-            Ok(g) => Some(g.bytes().await.unwrap().to_vec()),
-            Err(_) => None,
-        }
-    })
+    sw.object(bucket, &format!("lan/{rel}"))
 }
 
 fn model(up: &FakeUpstream, size: usize, seed: u64) -> (Vec<u8>, String) {
@@ -454,25 +441,7 @@ fn large_blob_goes_up_as_a_whole_multipart_object() {
 
 /// `dig +short` of a registry name against `d`'s DNS, in answer order.
 fn dig_a(d: &Daemon) -> Vec<String> {
-    let dns = d.dns.unwrap();
-    let out = std::process::Command::new("dig")
-        .args([
-            format!("@{}", dns.ip()),
-            "-p".into(),
-            dns.port().to_string(),
-            "+tries=1".into(),
-            "+time=3".into(),
-            "+short".into(),
-            REG.into(),
-            "A".into(),
-        ])
-        .output()
-        .unwrap();
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .map(|l| l.trim().to_string())
-        .filter(|l| !l.is_empty())
-        .collect()
+    crate::util::dig_short(std::process::Command::new("dig"), d.dns.unwrap(), REG, "A")
 }
 
 #[test]

@@ -109,24 +109,8 @@ impl Site {
 
 /// `dig +short` for the registry name, from host `i` against its own node.
 fn dig(s: &Site, i: usize) -> Vec<String> {
-    let out = s
-        .host(i)
-        .command("dig")
-        .args([
-            &format!("@{}", Lan::host_ip(i)),
-            "+tries=1",
-            "+time=2",
-            "+short",
-            REG,
-            "A",
-        ])
-        .output()
-        .unwrap();
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .map(|l| l.trim().to_string())
-        .filter(|l| !l.is_empty())
-        .collect()
+    let server = format!("{}:53", Lan::host_ip(i)).parse().unwrap();
+    crate::util::dig_short(s.host(i).command("dig"), server, REG, "A")
 }
 
 fn pull(o: &Ollama, model: &str) -> Result<(), String> {
@@ -313,29 +297,9 @@ fn holder_killed_mid_fill_clients_end_verified_or_aborted() {
     });
 }
 
-fn store(sw: &Seaweed, bucket: &str) -> lancached::cluster::store::Store {
-    let cfg = lancached::config::ClusterConfig {
-        store: format!("s3://{bucket}/lan"),
-        endpoint: sw.endpoint(),
-        nodes: vec!["127.0.0.1:80".into()],
-        credentials_file: sw.credentials_file(),
-        ..Default::default()
-    };
-    lancached::cluster::store::Store::new(&cfg).unwrap()
-}
-
 /// The object at `key` (under the bucket, prefix included) of the site's store.
 fn store_get(s: &Site, key: &str) -> Option<Vec<u8>> {
-    use object_store::ObjectStoreExt;
-    let st = store(&s.sw, &s.bucket);
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap()
-        .block_on(async {
-            let g = st.s3.get(&object_store::path::Path::from(key)).await.ok()?;
-            Some(g.bytes().await.ok()?.to_vec())
-        })
+    s.sw.object(&s.bucket, key)
 }
 
 fn store_has(s: &Site, key: &str) -> bool {

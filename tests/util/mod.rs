@@ -45,6 +45,27 @@ pub fn lancachectl_bin() -> PathBuf {
     p
 }
 
+/// `dig +short NAME TYPE` against `server`, run as `cmd` (plain `dig`, or `dig` inside a test
+/// namespace): the answers in the order the server gave them.
+pub fn dig_short(
+    mut cmd: std::process::Command,
+    server: std::net::SocketAddr,
+    name: &str,
+    qtype: &str,
+) -> Vec<String> {
+    let out = cmd
+        .arg(format!("@{}", server.ip()))
+        .args(["-p", &server.port().to_string()])
+        .args(["+tries=1", "+time=2", "+short", name, qtype])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| l.trim().to_string())
+        .filter(|l| !l.is_empty())
+        .collect()
+}
+
 /// Whether an external program is installed; tests that need one skip loudly without it only
 /// when `LANCACHE_ALLOW_SKIP=1` (CI installs everything and never sets it).
 pub fn require_program(name: &str) -> bool {

@@ -194,6 +194,31 @@ impl Seaweed {
         )
     }
 
+    /// The object at `key` in `bucket` (the key whole, prefix included), if the store has it.
+    pub fn object(&self, bucket: &str, key: &str) -> Option<Vec<u8>> {
+        use object_store::ObjectStoreExt;
+        let cfg = lancached::config::ClusterConfig {
+            store: format!("s3://{bucket}"),
+            endpoint: self.endpoint(),
+            nodes: vec!["127.0.0.1:80".into()],
+            credentials_file: self.credentials_file(),
+            ..Default::default()
+        };
+        let store = lancached::cluster::store::Store::new(&cfg).unwrap();
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+            .block_on(async {
+                let g = store
+                    .s3
+                    .get(&object_store::path::Path::from(key))
+                    .await
+                    .ok()?;
+                Some(g.bytes().await.ok()?.to_vec())
+            })
+    }
+
     /// Whether the S3 port accepts connections.
     pub fn listening(&self) -> bool {
         TcpStream::connect((self.ip.as_str(), self.s3_port)).is_ok()
