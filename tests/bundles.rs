@@ -12,6 +12,7 @@
 //!   hostile members (`..`, absolute, symlink, hard link, device): exit 1, the error names the
 //!   member, and nothing at all is published.
 
+use crate::util::models::refused_imports;
 use crate::util::models::{prepared_dir, write_model, TestModel};
 use crate::util::Daemon;
 use std::io::Read;
@@ -375,26 +376,13 @@ fn bad_bundles_publish_nothing_and_name_the_member() {
         t.extend(raw_tar(&[(path, kind, vec![], link)]));
         cases.push((what, t, String::from_utf8_lossy(path).into_owned()));
     }
-    for (what, bytes, needle) in cases {
-        let f = work.path().join(format!("{what}.tar"));
-        std::fs::write(&f, &bytes).unwrap();
-        let out = b.ctl(&["import", f.to_str().unwrap()]);
-        let err = String::from_utf8_lossy(&out.stderr);
-        assert_eq!(out.status.code(), Some(1), "{what}: {err}");
-        assert!(err.contains(&needle), "{what}: {needle:?} not in {err}");
-        assert!(err.contains("nothing imported"), "{what}: {err}");
-        assert_eq!(
-            published(&b.path("cache")),
-            before,
-            "{what}: something was published"
-        );
-        let staging: Vec<_> = std::fs::read_dir(b.path("cache/.lancached"))
-            .unwrap()
-            .flatten()
-            .filter(|e| e.file_name().to_string_lossy().starts_with("import-"))
-            .collect();
-        assert!(staging.is_empty(), "{what}: staging left behind");
-    }
+    refused_imports(
+        &b,
+        work.path(),
+        cases,
+        || published(&b.path("cache")),
+        &before,
+    );
     // The good bundle still imports after all that.
     let r = b.ctl_json(&["import", file.to_str().unwrap()]);
     assert_eq!(r["models_imported"].as_array().unwrap().len(), 2);

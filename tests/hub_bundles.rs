@@ -19,6 +19,7 @@
 use crate::util::hf_client as hc;
 use crate::util::hf_upstream::{git_blob_sha1, sha256_hex, HfUpstream, Kind};
 use crate::util::models::noise;
+use crate::util::models::refused_imports;
 use crate::util::upstream::raw_get;
 use crate::util::Daemon;
 use serde_json::json;
@@ -512,26 +513,13 @@ fn bad_hub_bundles_publish_nothing_and_name_the_member() {
         ),
     ];
     let work = tempfile::tempdir().unwrap();
-    for (what, bytes, needle) in cases {
-        let f = work.path().join(format!("{what}.tar"));
-        std::fs::write(&f, &bytes).unwrap();
-        let out = b.ctl(&["import", f.to_str().unwrap()]);
-        let err = String::from_utf8_lossy(&out.stderr);
-        assert_eq!(out.status.code(), Some(1), "{what}: {err}");
-        assert!(err.contains(&needle), "{what}: {needle:?} not in {err}");
-        assert!(err.contains("nothing imported"), "{what}: {err}");
-        assert_eq!(
-            published(&b.path("cache")),
-            before,
-            "{what}: something was published"
-        );
-        let staging: Vec<_> = std::fs::read_dir(b.path("cache/.lancached"))
-            .unwrap()
-            .flatten()
-            .filter(|e| e.file_name().to_string_lossy().starts_with("import-"))
-            .collect();
-        assert!(staging.is_empty(), "{what}: staging left behind");
-    }
+    refused_imports(
+        &b,
+        work.path(),
+        cases,
+        || published(&b.path("cache")),
+        &before,
+    );
     let f = work.path().join("good.tar");
     std::fs::write(&f, &good_tar).unwrap();
     let r = b.ctl_json(&["import", f.to_str().unwrap()]);

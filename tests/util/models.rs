@@ -158,3 +158,32 @@ pub fn raw_get(
         .unwrap();
     (status, head, buf[split + 4..].to_vec())
 }
+
+/// Imports each hostile bundle `(what, tar bytes, needle)` into `d` with `lancachectl import`,
+/// and checks it is refused as a whole: exit status 1, the error naming `needle` and saying
+/// nothing was imported, `published()` still equal to `before`, no `import-` staging left in
+/// the daemon's area. The tar files are written under `work`.
+pub fn refused_imports(
+    d: &super::Daemon,
+    work: &Path,
+    cases: Vec<(&str, Vec<u8>, String)>,
+    published: impl Fn() -> Vec<PathBuf>,
+    before: &[PathBuf],
+) {
+    for (what, bytes, needle) in cases {
+        let f = work.join(format!("{what}.tar"));
+        std::fs::write(&f, &bytes).unwrap();
+        let out = d.ctl(&["import", f.to_str().unwrap()]);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{what}: {err}");
+        assert!(err.contains(&needle), "{what}: {needle:?} not in {err}");
+        assert!(err.contains("nothing imported"), "{what}: {err}");
+        assert_eq!(published(), before, "{what}: something was published");
+        let staging: Vec<_> = std::fs::read_dir(d.path("cache/.lancached"))
+            .unwrap()
+            .flatten()
+            .filter(|e| e.file_name().to_string_lossy().starts_with("import-"))
+            .collect();
+        assert!(staging.is_empty(), "{what}: staging left behind");
+    }
+}
