@@ -183,34 +183,6 @@ impl Lan {
             .collect();
         Lan { switch, hosts }
     }
-
-    /// Shapes host `i`'s link to `rate` (tc's syntax, e.g. "1gbit") in both directions.
-    pub fn shape(&self, i: usize, rate: &str) {
-        let tbf = |ns: &str, dev: &str| {
-            ip_tc(
-                ns,
-                &[
-                    "qdisc", "replace", "dev", dev, "root", "tbf", "rate", rate, "burst", "1mb",
-                    "latency", "50ms",
-                ],
-            );
-        };
-        tbf(&self.hosts[i].name, "eth0");
-        tbf(&self.switch.name, &format!("p{i}"));
-    }
-}
-
-fn ip_tc(ns: &str, args: &[&str]) {
-    let out = Command::new("ip")
-        .args(["netns", "exec", ns, "tc"])
-        .args(args)
-        .output()
-        .expect("run tc");
-    assert!(
-        out.status.success(),
-        "tc {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
 }
 
 /// Whether this process may create namespaces (root with iproute2); tests that need it skip
