@@ -78,6 +78,20 @@ pub struct Engine {
     advertised: Shared,
 }
 
+/// What intercepted names are answered with: the set given from outside (cluster mode's
+/// healthy nodes) when there is one, else the table's for the address the query came in on,
+/// which is only worked out when it is needed.
+fn advertise_for<'a>(
+    set: &'a Option<Arc<Advertise>>,
+    table: &'a Table,
+    local: SocketAddr,
+) -> std::borrow::Cow<'a, Advertise> {
+    match set {
+        Some(a) => std::borrow::Cow::Borrowed(a),
+        None => table.advertise_for(local),
+    }
+}
+
 /// Forwarded queries waiting for upstream at once. Past it new ones get SERVFAIL at once: each
 /// holds a socket, and a flood (or a forwarding loop) must not run the daemon out of them.
 pub const MAX_IN_FLIGHT: usize = 2048;
@@ -178,14 +192,13 @@ impl Engine {
             bump(&self.stats.intercepted);
             self.stats.qtype(q.qtype);
             let set = self.advertised.load();
-            let own = table.advertise_for(req.local);
-            let adv: &Advertise = set.as_deref().unwrap_or(&own);
+            let adv = advertise_for(&set, table, req.local);
             return Some(intercept_answer(
                 b,
                 &q,
                 payload.is_some(),
                 dnssec_ok,
-                adv,
+                &adv,
                 table.ttl,
             ));
         }
@@ -252,8 +265,7 @@ impl Engine {
         if intercepted {
             bump(&self.stats.intercepted);
             let set = self.advertised.load();
-            let own = table.advertise_for(req.local);
-            let adv: &Advertise = set.as_deref().unwrap_or(&own);
+            let adv = advertise_for(&set, table, req.local);
             let answers: Vec<Record> = match q.qtype {
                 TYPE_A => adv
                     .v4
