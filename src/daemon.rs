@@ -161,11 +161,15 @@ async fn run_async(config: Config, source: ConfigSource, listeners: Listeners) -
         tokio::spawn(crate::cluster::members::run(
             c.clone(),
             move |nodes| {
-                let ips: Vec<std::net::IpAddr> = nodes.iter().map(|n| n.ip()).collect();
-                let mut a = crate::dns::advertise::Advertise::from_addrs(&ips);
-                a.v4.dedup();
-                a.v6.dedup();
-                advertised.set(Some(a));
+                // One answer per address, in the list's order: nodes may share an IP on
+                // different ports, and not necessarily next to each other in the list.
+                let mut ips: Vec<std::net::IpAddr> = Vec::new();
+                for ip in nodes.iter().map(|n| n.ip()) {
+                    if !ips.contains(&ip) {
+                        ips.push(ip);
+                    }
+                }
+                advertised.set(Some(crate::dns::advertise::Advertise::from_addrs(&ips)));
             },
             members_stop.clone(),
         ));
