@@ -3,11 +3,12 @@
 # it measures against from Debian if they are missing, runs every part side by side with its
 # anchor in one run (medians of RUNS runs), and prints one table:
 #   measure | lancached | anchor | ratio | goal | met?
-# The parts are scripts/bench/{http,https,dns,startup,uplink,hf,cluster}.sh, which also run stand-alone; each prints
+# The parts are scripts/bench/{http,https,dns,startup,uplink,hf,cluster,cold}.sh, which also run stand-alone; each prints
 # `RESULT key=value` lines, collected here. Loopback and the script's own network namespace only.
 # See docs/benchmarks.md.
 #   usage: scripts/bench.sh
-#   env:   RUNS=5 (medians of), SKIP_BUILD=1, PARTS=http,https,dns,startup,uplink,hf,cluster, LOG=<file for all output>,
+#   env:   RUNS=5 (medians of), SKIP_BUILD=1, PARTS=http,https,dns,startup,uplink,hf,cluster (and cold,
+#          about 10 minutes at RUNS=5, so not in the default), LOG=<file for all output>,
 #          and each part's own (SIZE_MIB, BYTES_MIB, LINK_MIB, LINK_RATE, SECS, BLOBS, ...)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -150,6 +151,25 @@ row() {
     row "cluster cold, node B while A fills (GiB/s)" cold.b_while_a.gibps cold.solo.gibps "one standalone node, cold" ge 0.9
     row "cluster upstream bytes / blob, A and B cold at once" cold.upstream_ratio "" "" eq 1.00
     row "cluster node B from the store (GiB/s)" store.b.gibps store.upstream.gibps "fresh pull over a ${LINK_RATE:-1gbit} veth" ge 1.0
+  fi
+  if [[ ,$PARTS, == *,cold,* ]]; then
+    row "sha256, one core (GiB/s; openssl speed -evp)" sha256.gibps "" "" info ""
+    for up in http tls; do
+      sizes=${COLD_SIZES:-64,256,1024}${COLD_4G:+,4096}
+      for mib in ${sizes//,/ }; do
+        for c in "s1 1 stream" "plan Ollama's part plan" "c16 16 whole-blob clients"; do
+          set -- $c; mode=$1; what=${c#* }
+          k=cold.$up.$mib.$mode.lancached
+          row "cold $up ${mib} MiB, $what (GiB/s)" $k.gibps sha256.gibps "sha256 rate" ge 0.5
+          row "cold $up ${mib} MiB, $what, cache CPU-s/GiB" $k.cpu_s_per_gib sha256.cpu_s_per_gib "hashing a GiB" le 1.5 3
+          [ "$mode" = s1 ] ||
+            row "cold $up ${mib} MiB, $what (GiB/s)" $k.gibps cold.$up.$mib.s1.lancached.gibps "cold, 1 stream" ge 1.0
+        done
+        row "cold $up ${mib} MiB, 1 stream (GiB/s)" cold.$up.$mib.s1.lancached.gibps cold.$up.$mib.s1.docker-registry.gibps "docker-registry proxy" ge 1.0
+        row "cold $up ${mib} MiB, 1 stream (GiB/s)" cold.$up.$mib.s1.lancached.gibps cold.$up.$mib.s1.direct.gibps "direct from upstream" peer ""
+      done
+    done
+    row "hit after the fill, 1 stream, server CPU-s/GiB" coldhit1.lancached.cpu_s_per_gib coldhit1.nginx.cpu_s_per_gib "nginx sendfile" le 1.0 3
   fi
   if [[ ,$PARTS, == *,startup,* ]]; then
     row "start-up to READY=1, ${BLOBS:-10000} blobs, index present (ms)" startup.warm_index.ready_ms "" "" absle 100 1

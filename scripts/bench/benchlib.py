@@ -238,8 +238,10 @@ class Upstream:
     count what upstream really served. Files live in `<dir>/blobs/<hex>` and
     `<dir>/manifests/<repo>/<tag>`. `extra` adds server blocks (e.g. the nginx hit baseline)."""
 
-    def __init__(self, work, listen, extra="", netns=None, name="upstream"):
+    def __init__(self, work, listen, extra="", netns=None, name="upstream", tls=None):
         self.work, self.listen, self.netns = work, listen, netns
+        # (certificate, key): the server speaks TLS (user-space encryption, as a CDN does).
+        self.tls = tls
         self.dir = os.path.join(work, name)
         self.log = os.path.join(work, name + ".access.log")
         os.makedirs(os.path.join(self.dir, "blobs"), exist_ok=True)
@@ -276,6 +278,11 @@ class Upstream:
     def conf(self):
         digests = "\n".join(f'    "{u}" "{d}";' for u, d in self.manifest_digests.items())
         w, d = self.work, self.dir
+        ssl = ""
+        tls_conf = ""
+        if self.tls:
+            ssl = " ssl"
+            tls_conf = f"ssl_certificate {self.tls[0]}; ssl_certificate_key {self.tls[1]}; ssl_protocols TLSv1.3;"
         return f"""
 user root; worker_processes auto; daemon off; pid {w}/{self.name}.nginx.pid; error_log {w}/{self.name}.nginx.err;
 worker_rlimit_nofile 65536;
@@ -290,7 +297,8 @@ http {{
 {digests}
   }}
   server {{
-    listen {self.listen} reuseport backlog=4096;
+    listen {self.listen}{ssl} reuseport backlog=4096;
+    {tls_conf}
     access_log {self.log} bytes;
     location = /v2/ {{
       default_type application/json;
@@ -377,7 +385,7 @@ class LocalServer:
 
 class Lancached(LocalServer):
     def __init__(self, work, upstream_url, cache=None, http_port=None, name="lancached",
-                 log_filter="warn", extra_cache="", env=None, tls_port=None, extra=""):
+                 log_filter="warn", extra_cache="", env=None, tls_port=None, extra="", extra_upstream=""):
         self.work, self.name = work, name
         self.tls_port = tls_port
         tls_listen = f'"127.0.0.1:{tls_port}"' if tls_port else ""
@@ -392,6 +400,7 @@ min_free = "1GiB"
 {extra_cache}
 [upstream]
 resolvers = []
+{extra_upstream}
 [upstream.registries]
 "{REGISTRY}" = "{upstream_url}"
 [dns]
@@ -461,8 +470,10 @@ filter = "{log_filter}"
 class DockerRegistry(LocalServer):
     """Debian's docker-registry in proxy mode (`proxy: remoteurl:`) in front of the same upstream."""
 
-    def __init__(self, work, remote_url, name="registry"):
+    def __init__(self, work, remote_url, name="registry", env=None):
         self.work, self.remote, self.name = work, remote_url, name
+        # e.g. SSL_CERT_FILE: Go's trust store for a TLS remote with a test CA.
+        self.env = dict(os.environ, **(env or {}))
         self.root = os.path.join(work, name + "-storage")
         self.port = free_port()
         self.cfg = os.path.join(work, name + ".yml")
@@ -490,11 +501,41 @@ proxy:
         """Starts with empty storage: every start is a cold cache."""
         shutil.rmtree(self.root, ignore_errors=True)
         os.makedirs(self.root)
-        self.proc = spawn(["docker-registry", "serve", self.cfg],
+        self.proc = spawn(["docker-registry", "serve", self.cfg], env=self.env,
                           stdout=open(os.path.join(self.work, self.name + ".log"), "ab"),
                           stderr=subprocess.STDOUT)
         wait_port(self.port)
         return self
+
+
+# ---- TLS test CA and the box's hash rate -------------------------------------------------------
+
+def test_ca(work, name="upstream.test", ip="127.0.0.1"):
+    """A throw-away CA (ECDSA P-256) and a leaf for `name` and `ip` signed by it; returns
+    (ca.crt, leaf.crt, leaf.key)."""
+    p = lambda x: os.path.join(work, x)
+    run = lambda *c: subprocess.run(list(c), check=True, capture_output=True)
+    run("openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
+        "-keyout", p("testca.key"), "-out", p("testca.crt"), "-days", "2", "-subj", "/CN=bench test CA",
+        "-addext", "basicConstraints=critical,CA:TRUE", "-addext", "keyUsage=critical,keyCertSign")
+    open(p("leaf.ext"), "w").write(f"subjectAltName=DNS:{name},IP:{ip}\nextendedKeyUsage=serverAuth\n"
+                                   "basicConstraints=critical,CA:FALSE\n")
+    run("openssl", "req", "-new", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
+        "-keyout", p("leaf.key"), "-out", p("leaf.csr"), "-subj", f"/CN={name}")
+    run("openssl", "x509", "-req", "-in", p("leaf.csr"), "-CA", p("testca.crt"), "-CAkey", p("testca.key"),
+        "-CAcreateserial", "-days", "2", "-sha256", "-extfile", p("leaf.ext"), "-out", p("leaf.crt"))
+    return p("testca.crt"), p("leaf.crt"), p("leaf.key")
+
+
+def sha256_gibps(seconds=2):
+    """This box's single-core sha256 rate (OpenSSL's EVP path, SHA-NI where the CPU has it, as
+    fast as the sha2 crate's), in GiB/s, from `openssl speed -evp sha256` on 1 MiB blocks."""
+    out = subprocess.run(["openssl", "speed", "-evp", "sha256", "-bytes", str(MIB), "-seconds", str(seconds)],
+                         check=True, capture_output=True, text=True).stdout
+    for line in out.splitlines():
+        if line.startswith("sha256") and line.rstrip().endswith("k"):
+            return float(line.split()[-1][:-1]) * 1000 / GIB
+    raise SystemExit(f"cannot read openssl speed's output: {out!r}")
 
 
 # ---- clients ----------------------------------------------------------------------------------
