@@ -67,12 +67,13 @@ def wait_port(port, host="127.0.0.1", netns=None):
     raise SystemExit(f"nothing listening on {host}:{port}")
 
 
-def netns_setup(rate, net="10.231.0"):
+def netns_setup(rate, net="10.231.0", tag="", burst="1mbit"):
     """A namespace with the far end of a veth pair, both directions shaped by tbf (RATE, e.g.
-    "1gbit"); the host end is NET.1, the namespace end NET.2.
+    "1gbit"; BURST at least rate/HZ, so 10gbit wants about 16mbit); the host end is NET.1, the
+    namespace end NET.2. TAG (one character) tells several such namespaces of one run apart.
     Removed at exit (deleting the namespace deletes the pair)."""
-    ns = f"lcbench{os.getpid()}"
-    host_if, ns_if = f"lcb{os.getpid() % 100000}a", f"lcb{os.getpid() % 100000}b"
+    ns = f"lcbench{os.getpid()}{tag}"
+    host_if, ns_if = f"lcb{os.getpid() % 100000}{tag}a", f"lcb{os.getpid() % 100000}{tag}b"
     run = lambda *c: subprocess.run(list(c), check=True)
     run("ip", "netns", "add", ns)
     at_exit(lambda: subprocess.run(["ip", "netns", "del", ns], stderr=subprocess.DEVNULL))
@@ -86,7 +87,7 @@ def netns_setup(rate, net="10.231.0"):
     run("ip", "-n", ns, "link", "set", "lo", "up")
     for pre, dev in (([], host_if), (["ip", "netns", "exec", ns], ns_if)):
         run(*pre, "tc", "qdisc", "add", "dev", dev, "root", "tbf", "rate", rate,
-            "burst", "1mbit", "latency", "20ms")
+            "burst", burst, "latency", "20ms")
     return ns
 
 

@@ -10,7 +10,9 @@ For each blob size (COLD_SIZES, MiB, default 64,256,1024; COLD_4G=1 adds 4096) a
   s1    one client, one plain GET of the whole blob;
   plan  Ollama's part plan: parts of clamp(size/16, 100 MB, 1000 MB), all at once, each a ranged
         GET (so 1 part at 64 MiB, 3 at 256 MiB, 11 at 1 GiB, 16 at 4 GiB);
-  c16   16 clients starting at once, each a plain GET of the whole blob (lancached only).
+  c16   16 clients starting at once, each a plain GET of the whole blob (lancached only); its
+        GiB/s counts all 16 blobs' bytes over the time to the last byte, and its CPU is per GiB
+        delivered (one fill and fifteen more sends of the same bytes).
 
 A cold run removes the published blob and any partial fill first, warms the upstream's file in
 the page cache, then times from the first request to the last client's last byte. lancached's
@@ -23,23 +25,34 @@ The sha256 rate is `openssl speed -evp sha256` on 1 MiB blocks, once per run, in
 Last, the hit: the largest blob of at most 1 GiB, now published, downloaded as one stream from
 lancached and from nginx (sendfile) serving the same file; throughput and server CPU-s per GiB.
 
+Also in the same run: the CPU of writing a new GiB into the page cache (dd from /dev/zero into
+a new file, no sync), the other cost a fill cannot avoid besides the hash; and, with root, the
+cold pull over a veth to a namespace shaped by tbf to each of COLD_LINKS (default 1gbit,10gbit),
+1 stream and the part plan, direct vs through lancached, for a COLD_LINK_MIB blob (default 1024,
+or the largest size at most that). The hit's CPU is given for the server alone and with its
+client's (the sum is what compares on loopback; see the comment there).
+
 Each figure is the median of RUNS runs; every contender runs once per run, in turn, so they share
 the machine's noise. Prints a readable summary and `RESULT key=value` lines."""
 
 import os
+import subprocess
 import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from benchlib import (GIB, MIB, RUNS, DockerRegistry, Lancached, Upstream, cleanup, cpu_of, curl,
-                      free_port, median, random_file, raise_nofile, result, sha256_gibps, test_ca,
-                      warm, workdir)
+                      free_port, median, netns_setup, random_file, raise_nofile, result,
+                      sha256_gibps, test_ca, warm, workdir)
 
 SIZES = [int(x) for x in os.environ.get("COLD_SIZES", "64,256,1024").split(",") if x]
 if os.environ.get("COLD_4G"):
     SIZES.append(4096)
 REPO = "library/bench"
 MB = 1000 * 1000
+# Shaped links for the cold pull over a real-ish uplink (empty: skip), and the blob size used.
+LINKS = [x for x in os.environ.get("COLD_LINKS", "1gbit,10gbit").split(",") if x]
+LINK_MIB = int(os.environ.get("COLD_LINK_MIB", "1024"))
 
 
 def say(msg):
@@ -53,7 +66,8 @@ def ollama_plan(size):
 
 
 def pull(url, size, mode, extra=()):
-    """Runs one pull in `mode` (s1, plan, c16); returns seconds to the last byte."""
+    """Runs one pull in `mode` (s1, plan, c16); returns (seconds to the last byte, the
+    clients' CPU seconds)."""
     t = time.monotonic()
     if mode == "s1":
         ps = [curl(url, extra=extra)]
@@ -61,9 +75,31 @@ def pull(url, size, mode, extra=()):
         ps = [curl(url, f"{a}-{b}", extra=extra) for a, b in ollama_plan(size)]
     else:
         ps = [curl(url, extra=extra) for _ in range(16)]
-    if any(p.wait() != 0 for p in ps):
+    cpu, bad = 0.0, False
+    for p in ps:
+        _, status, ru = os.wait4(p.pid, 0)
+        p.returncode = os.waitstatus_to_exitcode(status)
+        bad = bad or p.returncode != 0
+        cpu += ru.ru_utime + ru.ru_stime
+    if bad:
         raise SystemExit(f"curl failed on {url} ({mode})")
-    return time.monotonic() - t
+    return time.monotonic() - t, cpu
+
+
+def delivered(size, mode):
+    """Bytes a pull delivers: 16 whole blobs for c16, one blob otherwise."""
+    return size * (16 if mode == "c16" else 1)
+
+
+def pagecache_write_cpu(work, size):
+    """CPU-s per GiB of writing `size` new bytes into the page cache of a new file on the
+    cache's filesystem (dd from /dev/zero, no sync): the other cost a fill cannot avoid."""
+    path = os.path.join(work, "ddfile")
+    p = subprocess.Popen(["dd", "if=/dev/zero", f"of={path}", "bs=1M", f"count={size // MIB}",
+                          "status=none"])
+    _, _, ru = os.wait4(p.pid, 0)
+    os.remove(path)
+    return (ru.ru_utime + ru.ru_stime) / (size / GIB)
 
 
 def main():
@@ -107,6 +143,7 @@ def main():
     for run in range(RUNS):
         sha = sha256_gibps(1)
         add(("sha256",), sha, 1 / sha)
+        add(("pagecache",), 0, pagecache_write_cpu(work, GIB))
         for mib, hexd in blobs.items():
             size = mib * MIB
             for name, up in ups.items():
@@ -114,22 +151,25 @@ def main():
                 direct = f"{scheme[name]}://{up.listen}/v2/{REPO}/blobs/sha256:{hexd}"
                 for mode in ("s1", "plan"):
                     warm(upfile)
-                    add((name, mib, mode, "direct"), size / GIB / pull(direct, size, mode, curl_extra[name]))
+                    add((name, mib, mode, "direct"), size / GIB / pull(direct, size, mode, curl_extra[name])[0])
                 lc = lcs[name]
                 url = lc.url(f"/blobs/sha256:{hexd}?registry=registry.ollama.ai&repo={REPO}")
                 for mode in ("s1", "plan", "c16"):
                     lc.make_cold(hexd)
                     warm(upfile)
                     c0 = cpu_of([lc.pid])
-                    dt = pull(url, size, mode)
+                    dt, _ = pull(url, size, mode)
                     lc.wait_published(hexd)
                     cpu = cpu_of([lc.pid]) - c0
-                    add((name, mib, mode, "lancached"), size / GIB / dt, cpu / (size / GIB))
+                    # c16: all 16 blobs' bytes over the time to the last one, and CPU per GiB
+                    # delivered (one fill, 15 more sends).
+                    gib = delivered(size, mode) / GIB
+                    add((name, mib, mode, "lancached"), gib / dt, cpu / gib)
                 dr = drs[name]
                 dr.start()
                 warm(upfile)
                 c0 = cpu_of([dr.proc.pid])
-                dt = pull(dr.url(f"/v2/{REPO}/blobs/sha256:{hexd}"), size, "s1")
+                dt, _ = pull(dr.url(f"/v2/{REPO}/blobs/sha256:{hexd}"), size, "s1")
                 time.sleep(0.2)
                 cpu = cpu_of([dr.proc.pid]) - c0
                 dr.stop()
@@ -140,6 +180,11 @@ def main():
     say(f"(cold) sha256 on one core (openssl speed -evp sha256): {sha:.2f} GiB/s = {1 / sha:.3f} CPU-s/GiB")
     result("sha256.gibps", sha)
     result("sha256.cpu_s_per_gib", 1 / sha)
+    pc = median(res[("pagecache",)][1])
+    say(f"(cold) writing a new GiB into the page cache (dd): {pc:.3f} CPU-s/GiB; "
+        f"hash + page-cache write: {1 / sha + pc:.3f} CPU-s/GiB")
+    result("pagecache.cpu_s_per_gib", pc)
+    result("floor.cpu_s_per_gib", 1 / sha + pc)
     for name in ups:
         say(f"(cold) upstream nginx over {name}, medians of {RUNS}")
         say(f"    {'MiB':>5} {'mode':5} {'who':16} {'GiB/s':>6} {'x sha':>6} {'CPU-s/GiB':>9}")
@@ -173,16 +218,63 @@ def main():
         for who, url, pids in servers:
             p = pids()
             c0 = cpu_of(p)
-            dt = pull(url, size, "s1")
+            dt, client = pull(url, size, "s1")
             c1 = cpu_of(p)
-            r = hit.setdefault(who, ([], []))
+            r = hit.setdefault(who, ([], [], []))
             r[0].append(size / GIB / dt)
             r[1].append((c1 - c0) / (size / GIB))
+            r[2].append((c1 - c0 + client) / (size / GIB))
+    # On loopback the receiver's TCP input runs in whichever context sends or releases the
+    # socket, so the split of CPU between server and client is not the server's alone: the
+    # sum is the comparable figure.
     say(f"(cold) then the hit: {mib} MiB published, 1 stream, median of {RUNS}")
-    for who, (rates, cpus) in hit.items():
-        say(f"    {who:10} {median(rates):6.2f} GiB/s {median(cpus):7.3f} CPU-s/GiB")
+    for who, (rates, cpus, totals) in hit.items():
+        say(f"    {who:10} {median(rates):6.2f} GiB/s {median(cpus):7.3f} CPU-s/GiB server,"
+            f" {median(totals):7.3f} server + client")
         result(f"coldhit1.{who}.gibps", median(rates))
         result(f"coldhit1.{who}.cpu_s_per_gib", median(cpus))
+        result(f"coldhit1.{who}.total_cpu_s_per_gib", median(totals))
+
+    if LINKS:
+        part_link(work, blobs, curl_extra)
+
+
+def part_link(work, blobs, curl_extra):
+    """Cold pulls with the upstream in a namespace behind a veth shaped to each of LINKS (tbf
+    both ways), 1 stream and the part plan, direct vs through lancached over the same link."""
+    if os.geteuid() != 0:
+        say("(cold link) skipped: needs root for ip netns and tc")
+        return
+    mib = min(LINK_MIB, max(blobs))
+    mib = max(m for m in blobs if m <= mib)
+    hexd, size = blobs[mib], mib * MIB
+    res = {}
+    for n, rate in enumerate(LINKS):
+        net = f"10.232.{n}"
+        burst = "16mbit" if rate.endswith("gbit") and int(rate[:-4]) >= 10 else "1mbit"
+        ns = netns_setup(rate, net=net, tag=str(n), burst=burst)
+        port = 8080
+        up = Upstream(work, f"{net}.2:{port}", netns=ns, name=f"linkup{n}")
+        up.add_blob_file(os.path.join(work, "up-http", "blobs", hexd), hexd)
+        up.start()
+        lc = Lancached(work, f"http://{net}.2:{port}", name=f"linklc{n}").start()
+        direct = f"http://{net}.2:{port}/v2/{REPO}/blobs/sha256:{hexd}"
+        url = lc.url(f"/blobs/sha256:{hexd}?registry=registry.ollama.ai&repo={REPO}")
+        upfile = os.path.join(up.dir, "blobs", hexd)
+        for _ in range(RUNS):
+            for mode in ("s1", "plan"):
+                warm(upfile)
+                res.setdefault((rate, mode, "direct"), []).append(size / GIB / pull(direct, size, mode)[0])
+                lc.make_cold(hexd)
+                warm(upfile)
+                dt, _ = pull(url, size, mode)
+                lc.wait_published(hexd)
+                res.setdefault((rate, mode, "lancached"), []).append(size / GIB / dt)
+        lc.stop()
+    say(f"(cold link) {mib} MiB cold pull over a shaped veth, median of {RUNS}")
+    for (rate, mode, who), r in sorted(res.items()):
+        say(f"    {rate:7} {mode:5} {who:10} {median(r):6.3f} GiB/s = {median(r) * 8.59:6.2f} Gbit/s")
+        result(f"coldlink.{rate}.{mode}.{who}.gibps", median(r))
 
 
 if __name__ == "__main__":

@@ -3,7 +3,11 @@ pulled cold as one stream from an upstream nginx over plain HTTP or TLS (PROF_UP
 PROF_PULLS times, with `perf record -g` attached to the daemon for every pull. Prints the
 daemon's CPU-s per GiB per pull (schedstat, every thread, until the blob is published), the
 pull's GiB/s, and perf's report by symbol (self time, children folded in the call graph) so
-that docs/proxy.md can show where a cold GiB's time goes."""
+that docs/proxy.md can show where a cold GiB's time goes.
+
+PROF_MODE=hit profiles the hit instead: the blob, once published, downloaded PROF_PULLS times
+as one stream from lancached and from the upstream nginx (sendfile) serving the same file, each
+server under its own `perf record`; CPU-s per GiB (schedstat) and both flat profiles."""
 
 import os
 import signal
@@ -20,6 +24,46 @@ PULLS = int(os.environ.get("PROF_PULLS", "3"))
 KIND = os.environ.get("PROF_UPSTREAM", "http")
 OUT = os.environ.get("PROF_OUT", "/tmp/lancache-cold.perf.data")
 REPO = "library/bench"
+MODE = os.environ.get("PROF_MODE", "cold")
+
+
+def report(path):
+    rep = subprocess.run(["perf", "report", "-i", path, "--no-children", "--sort", "symbol",
+                          "--stdio", "-g", "none", "--percent-limit", "1"],
+                         capture_output=True, text=True).stdout
+    return "\n".join(line.rstrip() for line in rep.splitlines() if line and not line.startswith("#"))
+
+
+def record(pids, out):
+    return subprocess.Popen(["perf", "record", "-F", "1999", "-g", "-q", "-o", out, "-p",
+                             ",".join(str(p) for p in pids)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def profile_hit(lc, up, url, hexd):
+    """Both servers, one stream each, PULLS times, alternating; a perf.data per server."""
+    if curl(url).wait() != 0:
+        raise SystemExit("the fill failed")
+    lc.wait_published(hexd)
+    warm(lc.blob_path(hexd))
+    servers = (("lancached", lc.url(f"/blobs/sha256:{hexd}"), lambda: [lc.pid]),
+               ("nginx", f"http://{up.listen}/v2/{REPO}/blobs/sha256:{hexd}", up.pids))
+    cpus = {}
+    for who, u, pids in servers:
+        perf = record(pids(), f"{OUT}.{who}")
+        time.sleep(1.0)
+        for _ in range(PULLS):
+            c0 = cpu_of(pids())
+            if curl(u).wait() != 0:
+                raise SystemExit(f"the hit from {who} failed")
+            cpus.setdefault(who, []).append((cpu_of(pids()) - c0) / (SIZE / GIB))
+        perf.send_signal(signal.SIGINT)
+        perf.wait()
+    for who, c in cpus.items():
+        print(f"(profile) hit, 1 stream, {who}: {median(c):.3f} CPU-s/GiB (runs: "
+              f"{' '.join(f'{x:.3f}' for x in c)})", flush=True)
+        result(f"prof.hit.{who}.cpu_s_per_gib", median(c))
+        print(report(f"{OUT}.{who}"))
 
 
 def main():
@@ -41,9 +85,12 @@ def main():
     lc = Lancached(work, f"{scheme}://{up.listen}", extra_upstream=extra).start()
     url = lc.url(f"/blobs/sha256:{hexd}?registry=registry.ollama.ai&repo={REPO}")
     upfile = os.path.join(up.dir, "blobs", hexd)
+    if MODE == "hit":
+        profile_hit(lc, up, url, hexd)
+        lc.stop()
+        return
     rates, cpus = [], []
-    perf = subprocess.Popen(["perf", "record", "-F", "1999", "-g", "-q", "-o", OUT, "-p", str(lc.pid)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    perf = record([lc.pid], OUT)
     time.sleep(1.0)
     for _ in range(PULLS):
         lc.make_cold(hexd)
@@ -64,10 +111,7 @@ def main():
           f"{' '.join(f'{c:.3f}' for c in cpus)})", flush=True)
     result(f"prof.{KIND}.gibps", median(rates))
     result(f"prof.{KIND}.cpu_s_per_gib", median(cpus))
-    rep = subprocess.run(["perf", "report", "-i", OUT, "--no-children", "--sort", "symbol",
-                          "--stdio", "-g", "none", "--percent-limit", "1"],
-                         capture_output=True, text=True).stdout
-    print("\n".join(line for line in rep.splitlines() if line and not line.startswith("#")))
+    print(report(OUT))
 
 
 if __name__ == "__main__":

@@ -4,7 +4,8 @@
 # done by cold_profile.py next to this script. Not a part of scripts/bench.sh (a profile, not
 # a figure against an anchor); docs/proxy.md quotes its output.
 #   usage: scripts/bench/cold_profile.sh
-#   env:   PROF_UPSTREAM=http|tls PROF_MIB=1024 PROF_PULLS=3 PROF_OUT=/tmp/lancache-cold.perf.data
+#   env:   PROF_MODE=cold or hit, PROF_UPSTREAM=http or tls, PROF_MIB=1024 PROF_PULLS=3
+#          PROF_OUT=/tmp/lancache-cold.perf.data
 #          LANCACHED_BIN=target/release/lancached
 # Needs root (perf), a release build, nginx, curl, openssl, python3. Loopback only.
 set -euo pipefail
