@@ -511,21 +511,31 @@ proxy:
 
 # ---- TLS test CA and the box's hash rate -------------------------------------------------------
 
+def issue_leaf(work, ca_crt, ca_key, name, ip=None, prefix="leaf"):
+    """An ECDSA P-256 server leaf for `name` (and `ip`, if given) signed by the CA in
+    `ca_crt`/`ca_key`, like the ones lancached issues; returns (leaf.crt, leaf.key) under
+    `work`, named after `prefix`."""
+    key, csr, crt, ext = (os.path.join(work, f"{prefix}.{x}") for x in ("key", "csr", "crt", "ext"))
+    san = f"DNS:{name}" + (f",IP:{ip}" if ip else "")
+    open(ext, "w").write(f"subjectAltName={san}\nextendedKeyUsage=serverAuth\n"
+                         "keyUsage=critical,digitalSignature\nbasicConstraints=critical,CA:FALSE\n")
+    run = lambda *c: subprocess.run(list(c), check=True, capture_output=True)
+    run("openssl", "req", "-new", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
+        "-keyout", key, "-out", csr, "-subj", f"/CN={name}")
+    run("openssl", "x509", "-req", "-in", csr, "-CA", ca_crt, "-CAkey", ca_key, "-CAcreateserial",
+        "-days", "2", "-sha256", "-extfile", ext, "-out", crt)
+    return crt, key
+
+
 def test_ca(work, name="upstream.test", ip="127.0.0.1"):
     """A throw-away CA (ECDSA P-256) and a leaf for `name` and `ip` signed by it; returns
     (ca.crt, leaf.crt, leaf.key)."""
-    p = lambda x: os.path.join(work, x)
-    run = lambda *c: subprocess.run(list(c), check=True, capture_output=True)
-    run("openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
-        "-keyout", p("testca.key"), "-out", p("testca.crt"), "-days", "2", "-subj", "/CN=bench test CA",
-        "-addext", "basicConstraints=critical,CA:TRUE", "-addext", "keyUsage=critical,keyCertSign")
-    open(p("leaf.ext"), "w").write(f"subjectAltName=DNS:{name},IP:{ip}\nextendedKeyUsage=serverAuth\n"
-                                   "basicConstraints=critical,CA:FALSE\n")
-    run("openssl", "req", "-new", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
-        "-keyout", p("leaf.key"), "-out", p("leaf.csr"), "-subj", f"/CN={name}")
-    run("openssl", "x509", "-req", "-in", p("leaf.csr"), "-CA", p("testca.crt"), "-CAkey", p("testca.key"),
-        "-CAcreateserial", "-days", "2", "-sha256", "-extfile", p("leaf.ext"), "-out", p("leaf.crt"))
-    return p("testca.crt"), p("leaf.crt"), p("leaf.key")
+    ca_crt, ca_key = os.path.join(work, "testca.crt"), os.path.join(work, "testca.key")
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256",
+                    "-nodes", "-keyout", ca_key, "-out", ca_crt, "-days", "2", "-subj", "/CN=bench test CA",
+                    "-addext", "basicConstraints=critical,CA:TRUE", "-addext", "keyUsage=critical,keyCertSign"],
+                   check=True, capture_output=True)
+    return (ca_crt, *issue_leaf(work, ca_crt, ca_key, name, ip))
 
 
 def sha256_gibps(seconds=2):

@@ -16,7 +16,7 @@ import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from benchlib import (GIB, MIB, Lancached, Upstream, cleanup, cpu_of, curl, free_port, median,
+from benchlib import (GIB, MIB, Lancached, Upstream, cleanup, cpu_of, fetch, free_port, median,
                       random_file, raise_nofile, result, test_ca, warm, workdir)
 
 SIZE = int(os.environ.get("PROF_MIB", "1024")) * MIB
@@ -42,8 +42,7 @@ def record(pids, out):
 
 def profile_hit(lc, up, url, hexd):
     """Both servers, one stream each, PULLS times, alternating; a perf.data per server."""
-    if curl(url).wait() != 0:
-        raise SystemExit("the fill failed")
+    fetch(url, SIZE, 1)
     lc.wait_published(hexd)
     warm(lc.blob_path(hexd))
     servers = (("lancached", lc.url(f"/blobs/sha256:{hexd}"), lambda: [lc.pid]),
@@ -54,8 +53,7 @@ def profile_hit(lc, up, url, hexd):
         time.sleep(1.0)
         for _ in range(PULLS):
             c0 = cpu_of(pids())
-            if curl(u).wait() != 0:
-                raise SystemExit(f"the hit from {who} failed")
+            fetch(u, SIZE, 1)
             cpus.setdefault(who, []).append((cpu_of(pids()) - c0) / (SIZE / GIB))
         perf.send_signal(signal.SIGINT)
         perf.wait()
@@ -96,10 +94,7 @@ def main():
         lc.make_cold(hexd)
         warm(upfile)
         c0 = cpu_of([lc.pid])
-        t = time.monotonic()
-        if curl(url).wait() != 0:
-            raise SystemExit("the cold pull failed")
-        dt = time.monotonic() - t
+        dt = fetch(url, SIZE, 1)
         lc.wait_published(hexd)
         cpus.append((cpu_of([lc.pid]) - c0) / (SIZE / GIB))
         rates.append(SIZE / GIB / dt)

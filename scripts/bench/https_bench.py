@@ -21,8 +21,9 @@ import subprocess
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from benchlib import (GIB, MIB, RUNS, ROOT, Lancached, cleanup, cpu_of, free_port, median,
-                      random_file, raise_nofile, result, spawn, tree, wait_port, warm, workdir)
+from benchlib import (GIB, MIB, RUNS, ROOT, Lancached, cleanup, cpu_of, free_port, issue_leaf,
+                      median, random_file, raise_nofile, result, spawn, tree, wait_port, warm,
+                      workdir)
 
 SIZE = int(os.environ.get("SIZE_MIB", "1024")) * MIB
 CLIENT = os.environ.get("HTTPS_CLIENT") or os.path.join(ROOT, "target/release/examples/https_bench_client")
@@ -42,17 +43,8 @@ def say(msg):
 
 def nginx_leaf(work, ca_dir, name=NAME):
     """An ECDSA P-256 leaf for `name` from the cache's CA, like the ones lancached issues."""
-    key, csr, crt = (os.path.join(work, f"nginx-tls.{x}") for x in ("key", "csr", "crt"))
-    ext = os.path.join(work, "nginx-tls.ext")
-    open(ext, "w").write(f"subjectAltName=DNS:{name}\nextendedKeyUsage=serverAuth\n"
-                         "keyUsage=critical,digitalSignature\nbasicConstraints=critical,CA:FALSE\n")
-    run = lambda *c: subprocess.run(list(c), check=True, capture_output=True)
-    run("openssl", "req", "-new", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
-        "-keyout", key, "-out", csr, "-subj", f"/CN={name}")
-    run("openssl", "x509", "-req", "-in", csr, "-CA", os.path.join(ca_dir, "ca.crt"),
-        "-CAkey", os.path.join(ca_dir, "ca.key"), "-CAcreateserial", "-days", "2", "-sha256",
-        "-extfile", ext, "-out", crt)
-    return crt, key
+    return issue_leaf(work, os.path.join(ca_dir, "ca.crt"), os.path.join(ca_dir, "ca.key"), name,
+                      prefix="nginx-tls")
 
 
 class NginxTls:
